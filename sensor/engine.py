@@ -1,0 +1,287 @@
+"""The SQL engine: every registered table as an apsw eponymous virtual table.
+
+Constraints on pushed-down columns (see `Column.pushed_down`) reach the table's
+generator through `QueryContext`; SQLite still checks them on the returned rows, so a
+generator may ignore any. Tables are imported on the first statement that names them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Sequence
+
+import apsw
+
+from sensor.errors import QueryError
+from sensor.registry import TABLE_MODULES, load_table
+from sensor.schema import BIGINT, INTEGER, QueryContext, Table, TableSchema
+from sensor.text import fs_text
+
+__all__ = ["Engine", "QueryResult"]
+
+_OPERATORS = {
+    apsw.SQLITE_INDEX_CONSTRAINT_EQ: "=",
+    apsw.SQLITE_INDEX_CONSTRAINT_GT: ">",
+    apsw.SQLITE_INDEX_CONSTRAINT_GE: ">=",
+    apsw.SQLITE_INDEX_CONSTRAINT_LT: "<",
+    apsw.SQLITE_INDEX_CONSTRAINT_LE: "<=",
+    apsw.SQLITE_INDEX_CONSTRAINT_LIKE: "LIKE",
+    apsw.SQLITE_INDEX_CONSTRAINT_GLOB: "GLOB",
+}
+
+# Costs handed to SQLite's planner: a scan narrowed by equality on a pushed-down
+# column is far cheaper than a full scan, and a plan that leaves a required column
+# unconstrained must never win.
+_COST_NARROWED = 10.0
+_COST_FULL_SCAN = 1_000_000.0
+_COST_UNUSABLE = 1e18
+
+
+class QueryResult:
+    """Column names and rows of one statement."""
+
+    def __init__(self, columns: Sequence[str], rows: list[tuple[Any, ...]]):
+        self.columns = list(columns)
+        self.rows = rows
+
+    def dicts(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, row)) for row in self.rows]
+
+
+class Engine:
+    """An apsw connection with every registered table attached.
+
+    `store` is the event store that `*_events` tables read; without one they are
+    empty. One engine serves one thread at a time.
+    """
+
+    def __init__(self, store: Any = None):
+        self.store = store
+        self.connection = apsw.Connection(":memory:")
+        self.scope: str | None = None
+        self.tables_read: set[str] = set()
+        self.pending_marks: dict[tuple[str, str], int] = {}
+        for name in TABLE_MODULES:
+            self.connection.create_module(
+                name,
+                _Module(self, name),
+                use_bestindex_object=True,
+                eponymous_only=True,
+                read_only=True,
+            )
+
+    def execute(
+        self, sql: str, bindings: Sequence[Any] | None = None, scope: str | None = None
+    ) -> QueryResult:
+        """Run one or more statements and return the result of the last one.
+
+        `scope` names the scheduled query that runs the SQL: event tables then return
+        only the events that this scope has not seen, and remember the newest one once
+        the statement succeeds.
+        """
+        self.scope = scope
+        self.tables_read = set()
+        self.pending_marks = {}
+        try:
+            result = self._run(sql, bindings)
+        except apsw.Error as error:
+            raise QueryError(self._explain(error)) from None
+        except OSError as error:
+            raise QueryError(f"reading a table failed: {error}") from None
+        finally:
+            self.scope = None
+        if self.store is not None and self.pending_marks:
+            self.store.set_marks(self.pending_marks)
+        self.pending_marks = {}
+        return result
+
+    def _run(self, sql: str, bindings: Sequence[Any] | None) -> QueryResult:
+        cursor = self.connection.cursor()
+        columns: list[str] = []
+        rows: list[tuple[Any, ...]] = []
+
+        # apsw runs every statement of `sql` in turn. A statement's description is
+        # readable while it runs, so each new description starts a new result.
+        def trace(cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
+            nonlocal columns, rows
+            columns = [name for name, _ in cursor.get_description()]
+            rows = []
+            return True
+
+        cursor.exec_trace = trace
+        for row in cursor.execute(sql, bindings):
+            rows.append(row)
+        return QueryResult(columns, rows)
+
+    def _explain(self, error: apsw.Error) -> str:
+        message = str(error)
+        for prefix in ("SQLError: ", "ConstraintError: "):
+            message = message.removeprefix(prefix)
+        return message
+
+    def schema(self, name: str) -> TableSchema:
+        if name not in TABLE_MODULES:
+            raise QueryError(f"no such table: {name}")
+        return load_table(name).schema
+
+
+class _Module:
+    """The apsw module behind one table name; it imports the table on first use."""
+
+    def __init__(self, engine: Engine, name: str):
+        self.engine = engine
+        self.name = name
+
+    def Connect(self, connection, modulename, databasename, tablename, *args):
+        table = load_table(self.name)
+        return table.schema.create_statement(), _VirtualTable(self.engine, table)
+
+    Create = Connect
+
+
+class _VirtualTable:
+    def __init__(self, engine: Engine, table: Table):
+        self.engine = engine
+        self.table = table
+        self.schema = table.schema
+
+    def BestIndexObject(self, info: apsw.IndexInfo) -> bool:
+        pushed: list[tuple[str, str]] = []
+        narrowed = False
+        constrained_required = False
+        for i in range(info.nConstraint):
+            if not info.get_aConstraint_usable(i):
+                continue
+            index = info.get_aConstraint_iColumn(i)
+            op = _OPERATORS.get(info.get_aConstraint_op(i))
+            if index < 0 or op is None:
+                continue
+            column = self.schema.columns[index]
+            if not column.pushed_down:
+                continue
+            if op == "=" and info.get_aConstraintUsage_in(i):
+                info.set_aConstraintUsage_in(i, True)
+                op = "IN"
+            pushed.append((column.name, op))
+            info.set_aConstraintUsage_argvIndex(i, len(pushed))
+            if op in ("=", "IN"):
+                narrowed = narrowed or column.index or column.required
+                constrained_required = constrained_required or column.required
+
+        used = sorted(info.colUsed) if info.colUsed else []
+        info.idxStr = json.dumps({"constraints": pushed, "used": used})
+        if self.schema.required_columns and not constrained_required:
+            # Raising here would abort planning even where another join order
+            # supplies the constraint, so the plan is priced out instead and the
+            # cursor raises if SQLite picks it anyway.
+            info.estimatedCost = _COST_UNUSABLE
+        else:
+            info.estimatedCost = _COST_NARROWED if narrowed else _COST_FULL_SCAN
+        return True
+
+    def Open(self) -> _Cursor:
+        return _Cursor(self)
+
+    def Disconnect(self) -> None:
+        pass
+
+    Destroy = Disconnect
+
+
+def _converter(column_type: str):
+    if column_type in (INTEGER, BIGINT):
+        return _to_int
+    if column_type == "DOUBLE":
+        return _to_float
+    return _to_text
+
+
+def _to_int(value: Any) -> Any:
+    if value is None or type(value) is int:
+        return value
+    if isinstance(value, str) and not value.strip():
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _to_float(value: Any) -> Any:
+    if value is None or type(value) is float:
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _to_text(value: Any) -> Any:
+    if value is None:
+        return None
+    if type(value) is str:
+        return fs_text(value)
+    if isinstance(value, (bytes, bytearray)):
+        return fs_text(bytes(value))
+    return str(value)
+
+
+class _Cursor:
+    def __init__(self, table: _VirtualTable):
+        self.table = table
+        self.rows: list[tuple[Any, ...]] = []
+        self.position = 0
+
+    def Filter(self, indexnum: int, indexname: str, constraintargs: tuple) -> None:
+        engine = self.table.engine
+        schema = self.table.schema
+        plan = json.loads(indexname) if indexname else {"constraints": [], "used": []}
+        required = schema.required_columns
+        if required and not any(
+            op in ("=", "IN") for name, op in plan["constraints"] if name in required
+        ):
+            alternatives = " or ".join(required)
+            raise QueryError(
+                f"table {schema.name} requires an = or IN constraint on "
+                f"{alternatives}, for example WHERE {required[0]} = '/etc/hosts'"
+            )
+        context = QueryContext(
+            columns_used=frozenset(
+                schema.columns[i].name for i in plan["used"] if i < len(schema.columns)
+            ),
+            store=engine.store,
+            scope=engine.scope,
+            marks=engine.pending_marks,
+        )
+        for (name, op), value in zip(plan["constraints"], constraintargs):
+            if op == "IN":
+                value = frozenset(value)
+            context.constraints.setdefault(name, []).append((op, value))
+        engine.tables_read.add(schema.name)
+        self.rows = list(self._materialize(self.table.table.generate(context)))
+        self.position = 0
+
+    def _materialize(self, rows: Iterable[Any]) -> Iterable[tuple[Any, ...]]:
+        columns = self.table.schema.columns
+        names = [column.name for column in columns]
+        converters = [_converter(column.type) for column in columns]
+        pairs = list(zip(names, converters))
+        for row in rows:
+            yield tuple(convert(row.get(name)) for name, convert in pairs)
+
+    def Eof(self) -> bool:
+        return self.position >= len(self.rows)
+
+    def Rowid(self) -> int:
+        return self.position
+
+    def Column(self, number: int) -> Any:
+        if number == -1:
+            return self.position
+        return self.rows[self.position][number]
+
+    def Next(self) -> None:
+        self.position += 1
+
+    def Close(self) -> None:
+        self.rows = []

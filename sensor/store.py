@@ -1,0 +1,201 @@
+"""The sensor database: buffered events, scheduled-query state and statistics.
+
+One SQLite file in WAL mode, so the daemon writes while `sensor query` and `sensor
+shell` read. Event payloads and stored query results are msgpack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Iterable, Iterator, Mapping
+
+import apsw
+import msgpack
+
+from sensor.errors import ConfigError
+from sensor.events import Statistics
+
+__all__ = ["Store", "StoredEvent"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    eid INTEGER PRIMARY KEY AUTOINCREMENT,
+    subscriber TEXT NOT NULL,
+    time INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (subscriber, time);
+CREATE TABLE IF NOT EXISTS marks (
+    scope TEXT NOT NULL,
+    subscriber TEXT NOT NULL,
+    eid INTEGER NOT NULL,
+    PRIMARY KEY (scope, subscriber)
+);
+CREATE TABLE IF NOT EXISTS results (
+    name TEXT PRIMARY KEY,
+    counter INTEGER NOT NULL,
+    rows BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS statistics (
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    PRIMARY KEY (name, kind)
+);
+"""
+
+# How long a connection waits for another process's write lock before failing.
+_BUSY_TIMEOUT_MS = 5000
+
+StoredEvent = tuple[int, int, dict[str, Any]]
+
+
+class Store:
+    """An open sensor database. Use one `Store` per thread."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None):
+        self.path = os.fspath(path) if path is not None else ":memory:"
+        try:
+            if self.path != ":memory:":
+                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            self.connection = apsw.Connection(self.path)
+            self.connection.set_busy_timeout(_BUSY_TIMEOUT_MS)
+            self.connection.execute("PRAGMA journal_mode = WAL")
+            self.connection.execute("PRAGMA synchronous = NORMAL")
+            with self.connection:
+                self.connection.execute(_SCHEMA)
+        except (OSError, apsw.Error) as error:
+            raise ConfigError(f"database_path {self.path}: cannot open: {error}") from None
+
+    def close(self) -> None:
+        self.connection.close()
+
+    # Events
+
+    def add_events(self, subscriber: str, events: Iterable[tuple[int, Mapping]]) -> int:
+        """Append (time, fields) pairs in one transaction; return how many."""
+        rows = [
+            (subscriber, time, msgpack.packb(dict(fields), use_bin_type=True))
+            for time, fields in events
+        ]
+        with self.connection:
+            self.connection.executemany(
+                "INSERT INTO events (subscriber, time, payload) VALUES (?, ?, ?)", rows
+            )
+        return len(rows)
+
+    def select_events(
+        self,
+        subscriber: str,
+        after_eid: int = 0,
+        upto_eid: int | None = None,
+        time_ranges: Iterable[tuple[str, int]] = (),
+    ) -> Iterator[StoredEvent]:
+        """Yield (eid, time, fields) in eid order, filtered by eid and time bounds.
+
+        `time_ranges` holds (operator, value) pairs with operators `>`, `>=`, `<`,
+        `<=` and `=`, as pushed down from a WHERE clause on `time`.
+        """
+        sql = ["SELECT eid, time, payload FROM events WHERE subscriber = ? AND eid > ?"]
+        args: list[Any] = [subscriber, after_eid]
+        if upto_eid is not None:
+            sql.append("AND eid <= ?")
+            args.append(upto_eid)
+        for op, value in time_ranges:
+            if op in (">", ">=", "<", "<=", "=") and isinstance(value, (int, float)):
+                sql.append(f"AND time {op} ?")
+                args.append(value)
+        sql.append("ORDER BY eid")
+        for eid, time, payload in self.connection.execute(" ".join(sql), args):
+            yield eid, time, msgpack.unpackb(payload, raw=False)
+
+    def max_eid(self, subscriber: str) -> int:
+        row = self.connection.execute(
+            "SELECT max(eid) FROM events WHERE subscriber = ?", (subscriber,)
+        ).fetchone()
+        return row[0] or 0
+
+    def count_events(self, subscriber: str) -> int:
+        row = self.connection.execute(
+            "SELECT count(*) FROM events WHERE subscriber = ?", (subscriber,)
+        ).fetchone()
+        return row[0]
+
+    def expire(
+        self, subscriber: str, now: int, max_age: int, max_count: int
+    ) -> tuple[int, int]:
+        """Delete events older than `max_age` seconds, then the oldest beyond `max_count`.
+
+        Return (expired by age, dropped by count).
+        """
+        with self.connection:
+            self.connection.execute(
+                "DELETE FROM events WHERE subscriber = ? AND time < ?",
+                (subscriber, now - max_age),
+            )
+            expired = self.connection.changes()
+            self.connection.execute(
+                "DELETE FROM events WHERE subscriber = ? AND eid <= ("
+                " SELECT eid FROM events WHERE subscriber = ?"
+                " ORDER BY eid DESC LIMIT 1 OFFSET ?)",
+                (subscriber, subscriber, max_count),
+            )
+            dropped = self.connection.changes()
+        return expired, dropped
+
+    # Marks: the newest event each scheduled query has seen, per subscriber.
+
+    def mark(self, scope: str, subscriber: str) -> int:
+        row = self.connection.execute(
+            "SELECT eid FROM marks WHERE scope = ? AND subscriber = ?",
+            (scope, subscriber),
+        ).fetchone()
+        return row[0] if row else 0
+
+    def set_marks(self, marks: Mapping[tuple[str, str], int]) -> None:
+        with self.connection:
+            self.connection.executemany(
+                "INSERT OR REPLACE INTO marks (scope, subscriber, eid) VALUES (?, ?, ?)",
+                [(scope, subscriber, eid) for (scope, subscriber), eid in marks.items()],
+            )
+
+    # Results of the previous run of each scheduled query, for differential logging.
+
+    def previous_results(self, name: str) -> tuple[int, list[dict]] | None:
+        row = self.connection.execute(
+            "SELECT counter, rows FROM results WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            return None
+        return row[0], msgpack.unpackb(row[1], raw=False)
+
+    def save_results(self, name: str, counter: int, rows: list[dict]) -> None:
+        with self.connection:
+            self.connection.execute(
+                "INSERT OR REPLACE INTO results (name, counter, rows) VALUES (?, ?, ?)",
+                (name, counter, msgpack.packb(rows, use_bin_type=True)),
+            )
+
+    # Statistics of the daemon's publishers and subscribers, for other processes.
+
+    def save_statistics(self, snapshots: Iterable[Statistics]) -> None:
+        rows = [
+            (
+                snapshot.name,
+                snapshot.kind,
+                msgpack.packb(dataclasses.asdict(snapshot), use_bin_type=True),
+            )
+            for snapshot in snapshots
+        ]
+        with self.connection:
+            self.connection.executemany(
+                "INSERT OR REPLACE INTO statistics (name, kind, payload) VALUES (?, ?, ?)",
+                rows,
+            )
+
+    def load_statistics(self) -> list[Statistics]:
+        rows = self.connection.execute(
+            "SELECT payload FROM statistics ORDER BY kind, name"
+        ).fetchall()
+        return [Statistics(**msgpack.unpackb(payload, raw=False)) for (payload,) in rows]
