@@ -22,9 +22,10 @@ def event_generator(subscriber: str) -> Generator:
             return
         after = store.mark(context.scope, subscriber) if context.scope else 0
         newest = store.max_eid(subscriber)
-        time_ranges = context.ranges("time") + [
-            ("=", value) for value in context.equals("time") or ()
-        ]
+        time_ranges = context.ranges("time")
+        times = context.equals("time")
+        if times is not None and len(times) == 1:
+            time_ranges.append(("=", next(iter(times))))
         for eid, time, fields in store.select_events(
             subscriber, after, newest, time_ranges
         ):
