@@ -43,6 +43,11 @@ class QueryResult:
     def __init__(self, columns: Sequence[str], rows: list[tuple[Any, ...]]):
         self.columns = list(columns)
         self.rows = rows
+        # Per (scope, subscriber), the newest event id a scoped statement returned.
+        # The caller stores them with `Store.set_marks` once the rows are delivered,
+        # so a crash in between delivers those events again instead of losing them.
+        self.marks: dict[tuple[str, str], int] = {}
+        self.tables: frozenset[str] = frozenset()
 
     def dicts(self) -> list[dict[str, Any]]:
         return [dict(zip(self.columns, row)) for row in self.rows]
@@ -76,8 +81,8 @@ class Engine:
         """Run one or more statements and return the result of the last one.
 
         `scope` names the scheduled query that runs the SQL: event tables then return
-        only the events that this scope has not seen, and remember the newest one once
-        the statement succeeds.
+        only the events that this scope has not seen, and the result's `marks` hold
+        the newest one per table.
         """
         self.scope = scope
         self.tables_read = set()
@@ -90,10 +95,14 @@ class Engine:
             raise QueryError(f"reading a table failed: {error}") from None
         finally:
             self.scope = None
-        if self.store is not None and self.pending_marks:
-            self.store.set_marks(self.pending_marks)
+        result.marks = self.pending_marks
+        result.tables = frozenset(self.tables_read)
         self.pending_marks = {}
         return result
+
+    def is_event_based(self, result: QueryResult) -> bool:
+        """Whether the statement read an `*_events` table."""
+        return any(load_table(name).schema.event_table for name in result.tables)
 
     def _run(self, sql: str, bindings: Sequence[Any] | None) -> QueryResult:
         cursor = self.connection.cursor()

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS marks (
 );
 CREATE TABLE IF NOT EXISTS results (
     name TEXT PRIMARY KEY,
+    query TEXT NOT NULL,
     counter INTEGER NOT NULL,
     rows BLOB NOT NULL
 );
@@ -162,20 +163,32 @@ class Store:
 
     # Results of the previous run of each scheduled query, for differential logging.
 
-    def previous_results(self, name: str) -> tuple[int, list[dict]] | None:
+    def previous_results(self, name: str) -> tuple[str, int, list[dict]] | None:
+        """Return (query, counter, rows) of a scheduled query's previous run."""
         row = self.connection.execute(
-            "SELECT counter, rows FROM results WHERE name = ?", (name,)
+            "SELECT query, counter, rows FROM results WHERE name = ?", (name,)
         ).fetchone()
         if row is None:
             return None
-        return row[0], msgpack.unpackb(row[1], raw=False)
+        return row[0], row[1], msgpack.unpackb(row[2], raw=False)
 
-    def save_results(self, name: str, counter: int, rows: list[dict]) -> None:
+    def save_results(
+        self,
+        name: str,
+        query: str,
+        counter: int,
+        rows: list[dict],
+        marks: Mapping[tuple[str, str], int] | None = None,
+    ) -> None:
+        """Store a run's rows and the event marks it consumed, in one transaction."""
         with self.connection:
             self.connection.execute(
-                "INSERT OR REPLACE INTO results (name, counter, rows) VALUES (?, ?, ?)",
-                (name, counter, msgpack.packb(rows, use_bin_type=True)),
+                "INSERT OR REPLACE INTO results (name, query, counter, rows)"
+                " VALUES (?, ?, ?, ?)",
+                (name, query, counter, msgpack.packb(rows, use_bin_type=True)),
             )
+            if marks:
+                self.set_marks(marks)
 
     # Statistics of the daemon's publishers and subscribers, for other processes.
 

@@ -1,0 +1,65 @@
+"""Result loggers: where scheduled-query result lines go (osquery's logger plugins)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Protocol, Sequence, TextIO
+
+from sensor.config import Options
+from sensor.errors import ConfigError
+
+__all__ = ["ResultLogger", "FilesystemLogger", "StdoutLogger", "open_loggers"]
+
+
+class ResultLogger(Protocol):
+    def write(self, lines: Sequence[str]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class FilesystemLogger:
+    """Appends result lines to `sensor.results.log` in `logger_path`."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self.stream = open(path, "a", encoding="utf-8")
+        except OSError as error:
+            raise ConfigError(
+                f"logger_path: cannot open result log {path}: {error.strerror}"
+            ) from None
+
+    def write(self, lines: Sequence[str]) -> None:
+        for line in lines:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+class StdoutLogger:
+    """Echoes result lines to standard output."""
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream or sys.stdout
+
+    def write(self, lines: Sequence[str]) -> None:
+        for line in lines:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        pass
+
+
+def open_loggers(options: Options) -> list[ResultLogger]:
+    loggers: list[ResultLogger] = []
+    for plugin in options.logger_plugins:
+        if plugin == "filesystem":
+            loggers.append(FilesystemLogger(options.result_log_path))
+        elif plugin == "stdout":
+            loggers.append(StdoutLogger())
+    return loggers
