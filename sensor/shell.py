@@ -1,0 +1,178 @@
+"""The interactive shell: SQL statements ending at `;`, and osqueryi's meta-commands."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Callable, TextIO
+
+import apsw
+
+from sensor.engine import Engine
+from sensor.errors import QueryError
+from sensor.output import MODES, render
+from sensor.registry import table_names
+
+__all__ = ["Shell"]
+
+PROMPT = "sensor> "
+CONTINUATION_PROMPT = "    ...> "
+DEFAULT_HISTORY = "~/.sensor_history"
+
+HELP = """\
+Statements end with ';' and may span several lines. Meta-commands:
+  .all TABLE          select all columns of a table
+  .help               show this help
+  .mode MODE          set the output mode: pretty, line, csv, json or list
+  .quit, .exit        leave the shell
+  .schema [TABLE]     show the CREATE TABLE statement of one table or all
+  .tables [PATTERN]   list the tables whose name contains PATTERN
+  .timer on|off       show how long each statement took"""
+
+
+class Shell:
+    """Reads statements and meta-commands, runs them, and prints their results."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        history_path: str | None = None,
+        stdin: TextIO | None = None,
+        stdout: TextIO | None = None,
+    ):
+        self.engine = engine
+        self.history_path = os.path.expanduser(history_path or DEFAULT_HISTORY)
+        self.stdin = stdin or sys.stdin
+        self.stdout = stdout or sys.stdout
+        self.mode = "pretty"
+        self.timer = False
+        self.buffer = ""
+        self.errors = 0
+        self._commands: dict[str, Callable[[str], bool]] = {
+            ".all": self._all,
+            ".help": self._help,
+            ".mode": self._mode,
+            ".quit": self._quit,
+            ".exit": self._quit,
+            ".schema": self._schema,
+            ".tables": self._tables,
+            ".timer": self._timer,
+        }
+
+    def run(self) -> int:
+        """Run until `.quit` or end of input; return the exit status."""
+        if self.stdin.isatty() and self.stdout.isatty():
+            self._run_interactive()
+        else:
+            for line in self.stdin:
+                if not self.feed(line.rstrip("\n")):
+                    break
+            if self.buffer.strip():
+                self.feed(";")
+        return 1 if self.errors and not self.stdin.isatty() else 0
+
+    def _run_interactive(self) -> None:
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.history import FileHistory
+
+        os.makedirs(os.path.dirname(self.history_path) or ".", exist_ok=True)
+        session: PromptSession[str] = PromptSession(history=FileHistory(self.history_path))
+        self.write("sensor shell: enter .help for meta-commands, .quit to leave")
+        while True:
+            prompt = CONTINUATION_PROMPT if self.buffer else PROMPT
+            try:
+                line = session.prompt(prompt)
+            except KeyboardInterrupt:
+                self.buffer = ""
+                continue
+            except EOFError:
+                break
+            if not self.feed(line):
+                break
+
+    def write(self, text: str) -> None:
+        if text:
+            self.stdout.write(text + "\n")
+            self.stdout.flush()
+
+    def error(self, message: str) -> None:
+        self.errors += 1
+        self.write(f"Error: {message}")
+
+    def feed(self, line: str) -> bool:
+        """Take one line of input; return False when the shell should stop."""
+        stripped = line.strip()
+        if not self.buffer and stripped.startswith("."):
+            return self._meta(stripped)
+        self.buffer += line + "\n"
+        if not apsw.complete(self.buffer):
+            return True
+        sql, self.buffer = self.buffer, ""
+        self.execute(sql)
+        return True
+
+    def execute(self, sql: str) -> None:
+        started = time.perf_counter()
+        try:
+            result = self.engine.execute(sql)
+        except QueryError as error:
+            self.error(str(error))
+            return
+        self.write(render(result.columns, result.rows, self.mode))
+        if self.timer:
+            self.write(f"Run Time: real {time.perf_counter() - started:.3f} s")
+
+    def _meta(self, line: str) -> bool:
+        command, _, argument = line.partition(" ")
+        handler = self._commands.get(command)
+        if handler is None:
+            self.error(f"unknown command {command}; enter .help for the list")
+            return True
+        return handler(argument.strip())
+
+    def _all(self, argument: str) -> bool:
+        if argument not in table_names():
+            self.error(f"no such table: {argument or '(none given)'}; usage: .all TABLE")
+            return True
+        self.execute(f"SELECT * FROM {argument};")
+        return True
+
+    def _help(self, argument: str) -> bool:
+        self.write(HELP)
+        return True
+
+    def _mode(self, argument: str) -> bool:
+        if argument not in MODES:
+            self.error(f"invalid mode {argument!r}; expected one of {', '.join(MODES)}")
+        else:
+            self.mode = argument
+        return True
+
+    def _quit(self, argument: str) -> bool:
+        return False
+
+    def _schema(self, argument: str) -> bool:
+        names = [argument] if argument else table_names()
+        for name in names:
+            try:
+                schema = self.engine.schema(name)
+            except QueryError as error:
+                self.error(str(error))
+                return True
+            self.write(schema.create_statement() + ";")
+        return True
+
+    def _tables(self, argument: str) -> bool:
+        for name in table_names():
+            if argument in name:
+                self.write(f"  => {name}")
+        return True
+
+    def _timer(self, argument: str) -> bool:
+        if argument not in ("on", "off"):
+            self.error(f"invalid argument {argument!r}; usage: .timer on|off")
+        else:
+            self.timer = argument == "on"
+        return True
