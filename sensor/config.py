@@ -134,7 +134,8 @@ def _check_type(value: Any, expected: type, key: str, path: str) -> None:
     if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
         return
     wanted = _type_name(expected())
-    raise ConfigError(f"{path}: {key} must be a {wanted}, got {_type_name(value)}")
+    article = "an" if wanted[0] in "aeiou" else "a"
+    raise ConfigError(f"{path}: {key} must be {article} {wanted}, got {_type_name(value)}")
 
 
 def _parse_options(table: Mapping[str, Any], base: str, path: str) -> Options:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Callable, TextIO
+from typing import Any, Callable, TextIO
 
 import apsw
 
@@ -41,6 +41,8 @@ class Shell:
         history_path: str | None = None,
         stdin: TextIO | None = None,
         stdout: TextIO | None = None,
+        prompt_input: Any = None,
+        prompt_output: Any = None,
     ):
         self.engine = engine
         self.history_path = os.path.expanduser(history_path or DEFAULT_HISTORY)
@@ -50,6 +52,10 @@ class Shell:
         self.timer = False
         self.buffer = ""
         self.errors = 0
+        # prompt_toolkit Input and Output objects; given, they make the shell
+        # interactive without a terminal, which is how its tests drive it.
+        self.prompt_input = prompt_input
+        self.prompt_output = prompt_output
         self._commands: dict[str, Callable[[str], bool]] = {
             ".all": self._all,
             ".help": self._help,
@@ -63,7 +69,8 @@ class Shell:
 
     def run(self) -> int:
         """Run until `.quit` or end of input; return the exit status."""
-        if self.stdin.isatty() and self.stdout.isatty():
+        interactive = self.stdin.isatty() and self.stdout.isatty()
+        if interactive or self.prompt_input is not None:
             self._run_interactive()
         else:
             for line in self.stdin:
@@ -78,7 +85,11 @@ class Shell:
         from prompt_toolkit.history import FileHistory
 
         os.makedirs(os.path.dirname(self.history_path) or ".", exist_ok=True)
-        session: PromptSession[str] = PromptSession(history=FileHistory(self.history_path))
+        session: PromptSession[str] = PromptSession(
+            history=FileHistory(self.history_path),
+            input=self.prompt_input,
+            output=self.prompt_output,
+        )
         self.write("sensor shell: enter .help for meta-commands, .quit to leave")
         while True:
             prompt = CONTINUATION_PROMPT if self.buffer else PROMPT
