@@ -1,0 +1,202 @@
+"""File path patterns in osquery's glob syntax, and the directories they watch.
+
+A pattern is an absolute path whose components may hold wildcards: `%` or `*` matches
+any run of characters within one component and `?` matches one character. A last
+component of `%%` or `**` means "everything below, recursively", and a trailing `/`
+means "the entries of this directory", as `/%` does. Without wildcards a pattern names
+one file or directory. So `/etc/hosts` reports that file, `/etc/%.conf` the matching
+entries of /etc, and `/var/www/%/htdocs/%%` everything below each site's htdocs.
+
+A pattern is matched one component at a time, starting at `/`. The depth of a
+directory is the number of components between it and `/`. `WatchPattern.step`
+decides, for an entry of a directory at some depth, whether the pattern reports the
+entry and whether, when the entry is a directory, it must be watched too. Names are
+bytes throughout, because a Linux file name need not be UTF-8.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+__all__ = [
+    "WatchPattern",
+    "parse_pattern",
+    "expand",
+    "nearest_directory",
+    "scan_directory",
+]
+
+_RECURSIVE = (b"%%", b"**")
+_WILDCARDS = re.compile(rb"[%*?]")
+
+
+@dataclass(frozen=True)
+class WatchPattern:
+    """A parsed pattern: one glob per path component below `/`.
+
+    `recursive` is true when the pattern ended in `%%` or `**`, which is then not one
+    of `levels`: every entry below the directory that `levels` names is reported.
+    """
+
+    text: str
+    levels: tuple[bytes, ...]
+    recursive: bool
+    _matchers: tuple[Callable[[bytes], bool], ...] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        matchers = tuple(_compile(level) for level in self.levels)
+        object.__setattr__(self, "_matchers", matchers)
+
+    @property
+    def directory_depth(self) -> int:
+        """Depth of the directories whose entries the pattern reports."""
+        return len(self.levels) if self.recursive else len(self.levels) - 1
+
+    @property
+    def literal_depth(self) -> int:
+        """Number of leading directory levels that hold no wildcard."""
+        depth = 0
+        while depth < self.directory_depth and not _WILDCARDS.search(
+            self.levels[depth]
+        ):
+            depth += 1
+        return depth
+
+    def start(self) -> bytes:
+        """Return the deepest directory that every match lies below."""
+        return b"/" + b"/".join(self.levels[: self.literal_depth])
+
+    def step(self, depth: int, name: bytes) -> tuple[bool, int | None]:
+        """Return (reported, child depth) for entry `name` of a directory at `depth`.
+
+        `reported` is true when events on the entry belong to this pattern. The child
+        depth is the depth at which the entry, if it is a directory, must be watched,
+        or None when nothing below it can match.
+        """
+        if depth >= len(self.levels):
+            # Below the base of a recursive pattern, where everything matches.
+            return True, depth
+        if not self._matchers[depth](name):
+            return False, None
+        if depth == len(self.levels) - 1 and not self.recursive:
+            return True, None
+        return False, depth + 1
+
+    def matches(self, path: bytes) -> bool:
+        """Return whether the pattern reports events on an absolute path."""
+        names = [name for name in path.split(b"/") if name]
+        depth: int | None = 0
+        for index, name in enumerate(names):
+            reported, depth = self.step(depth, name)
+            if index == len(names) - 1:
+                return reported
+            if depth is None:
+                return False
+        return False
+
+
+def parse_pattern(pattern: str) -> WatchPattern:
+    """Parse a pattern, raising ValueError with a one-line reason when it is invalid."""
+    if not pattern:
+        raise ValueError("file path pattern is empty")
+    if "\0" in pattern:
+        raise ValueError(f"file path pattern {pattern!r} contains a NUL character")
+    if not pattern.startswith("/"):
+        raise ValueError(
+            f"file path pattern {pattern!r} is not absolute: start it with /"
+        )
+
+    names = [name for name in os.fsencode(pattern).split(b"/") if name]
+    if pattern.endswith("/"):
+        names.append(b"%")
+    for index, name in enumerate(names):
+        if name in (b".", b".."):
+            raise ValueError(
+                f"file path pattern {pattern!r} contains {os.fsdecode(name)!r}:"
+                " write the path without . or .. components"
+            )
+        if b"%%" in name or b"**" in name:
+            if name not in _RECURSIVE or index != len(names) - 1:
+                raise ValueError(
+                    f"file path pattern {pattern!r}: a recursive wildcard (%% or **)"
+                    " must be the whole last component"
+                )
+
+    recursive = bool(names) and names[-1] in _RECURSIVE
+    if recursive:
+        names.pop()
+    return WatchPattern(pattern, tuple(names), recursive)
+
+
+def expand(
+    pattern: WatchPattern, onerror: Callable[[OSError], None] | None = None
+) -> Iterator[tuple[bytes, int, list[bytes]]]:
+    """Yield (directory, depth, reported names) for every directory the pattern watches.
+
+    When the pattern's start directory does not exist, its nearest existing ancestor
+    comes first, so that the start is seen when it is created. Symbolic links to
+    directories are not followed below the start. Unreadable directories are passed to
+    `onerror` and yielded with no names.
+    """
+    stack = [nearest_directory(pattern)]
+    while stack:
+        directory, depth = stack.pop()
+        reported, children = scan_directory(pattern, directory, depth, onerror)
+        yield directory, depth, reported
+        stack.extend(children)
+
+
+def nearest_directory(pattern: WatchPattern) -> tuple[bytes, int]:
+    """Return the start directory, or its nearest existing ancestor, with its depth."""
+    depth = pattern.literal_depth
+    while depth > 0:
+        directory = b"/" + b"/".join(pattern.levels[:depth])
+        if os.path.isdir(directory):
+            return directory, depth
+        depth -= 1
+    return b"/", 0
+
+
+def scan_directory(
+    pattern: WatchPattern,
+    directory: bytes,
+    depth: int,
+    onerror: Callable[[OSError], None] | None = None,
+) -> tuple[list[bytes], list[tuple[bytes, int]]]:
+    """List one watched directory: the names it reports and the (subdirectory, depth)
+    pairs to watch below it.
+    """
+    reported: list[bytes] = []
+    children: list[tuple[bytes, int]] = []
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                is_reported, child_depth = pattern.step(depth, entry.name)
+                if is_reported:
+                    reported.append(entry.name)
+                if child_depth is not None and entry.is_dir(follow_symlinks=False):
+                    children.append((entry.path, child_depth))
+    except OSError as error:
+        if onerror is not None:
+            onerror(error)
+    return reported, children
+
+
+def _compile(level: bytes) -> Callable[[bytes], bool]:
+    if not _WILDCARDS.search(level):
+        return level.__eq__
+    parts = []
+    for char in re.split(rb"([%*?])", level):
+        if char in (b"%", b"*"):
+            parts.append(b".*")
+        elif char == b"?":
+            parts.append(b".")
+        else:
+            parts.append(re.escape(char))
+    regex = re.compile(b"".join(parts), re.DOTALL)
+    return lambda name: regex.fullmatch(name) is not None

@@ -1,0 +1,140 @@
+import os
+
+import pytest
+
+from sensor.paths import expand, nearest_directory, parse_pattern
+
+
+@pytest.mark.parametrize(
+    ("text", "levels", "recursive"),
+    [
+        ("/etc/hosts", (b"etc", b"hosts"), False),
+        ("/etc/%.conf", (b"etc", b"%.conf"), False),
+        ("/etc/", (b"etc", b"%"), False),
+        ("/etc/**", (b"etc",), True),
+        ("/home/%%", (b"home",), True),
+        ("/var/www/%/htdocs/%%", (b"var", b"www", b"%", b"htdocs"), True),
+        ("//etc//hosts", (b"etc", b"hosts"), False),
+        ("/%%", (), True),
+    ],
+)
+def test_parse_pattern_levels(text, levels, recursive):
+    pattern = parse_pattern(text)
+    assert pattern.levels == levels
+    assert pattern.recursive == recursive
+    assert pattern.text == text
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "file path pattern is empty"),
+        ("etc/hosts", "'etc/hosts' is not absolute: start it with /"),
+        ("/etc/%%/x", "'/etc/%%/x': a recursive wildcard (%% or **) must be the whole"),
+        ("/etc/**/x", "'/etc/**/x': a recursive wildcard"),
+        ("/etc/a%%", "'/etc/a%%': a recursive wildcard"),
+        ("/etc/\0", "contains a NUL character"),
+        ("/etc/../x", "contains '..': write the path without . or .. components"),
+    ],
+)
+def test_parse_pattern_rejects(text, message):
+    with pytest.raises(ValueError) as error:
+        parse_pattern(text)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_pattern_start_stops_at_wildcard():
+    assert parse_pattern("/var/www/%/htdocs/%%").start() == b"/var/www"
+    assert parse_pattern("/etc/hosts").start() == b"/etc"
+    assert parse_pattern("/%%").start() == b"/"
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "expected"),
+    [
+        ("/etc/%.conf", b"/etc/a.conf", True),
+        ("/etc/%.conf", b"/etc/a.txt", False),
+        ("/etc/%.conf", b"/etc/sub/a.conf", False),
+        ("/etc/*.con?", b"/etc/x.conf", True),
+        ("/etc/%%", b"/etc/a/b/c", True),
+        ("/etc/%%", b"/etc", False),
+        ("/etc/**", b"/etc/a", True),
+        ("/v/%/htdocs/%%", b"/v/site/htdocs/index.html", True),
+        ("/v/%/htdocs/%%", b"/v/site/other/index.html", False),
+        ("/etc/hosts", b"/etc/hosts", True),
+        ("/etc/hosts", b"/etc/hosts2", False),
+        ("/etc/a.b", b"/etc/aXb", False),
+        ("/etc/%", b"/etc/caf\xe9", True),
+    ],
+)
+def test_pattern_matches(text, path, expected):
+    assert parse_pattern(text).matches(path) is expected
+
+
+def make_tree(root, paths):
+    for relative in paths:
+        path = root / relative
+        if relative.endswith("/"):
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"x")
+
+
+def expanded(pattern):
+    return {
+        (os.fsdecode(directory), depth, tuple(sorted(os.fsdecode(n) for n in names)))
+        for directory, depth, names in expand(pattern)
+    }
+
+
+def test_expand_one_level(tmp_path):
+    make_tree(tmp_path, ["a.conf", "b.txt", "sub/c.conf"])
+    pattern = parse_pattern(f"{tmp_path}/%.conf")
+    depth = len(pattern.levels) - 1
+    assert expanded(pattern) == {(str(tmp_path), depth, ("a.conf",))}
+
+
+def test_expand_percent_recursive(tmp_path):
+    make_tree(tmp_path, ["a", "sub/b", "sub/deeper/c", "empty/"])
+    os.symlink(tmp_path / "sub", tmp_path / "link")
+    pattern = parse_pattern(f"{tmp_path}/%%")
+    depth = len(pattern.levels)
+    assert expanded(pattern) == {
+        (str(tmp_path), depth, ("a", "empty", "link", "sub")),
+        (str(tmp_path / "sub"), depth, ("b", "deeper")),
+        (str(tmp_path / "sub/deeper"), depth, ("c",)),
+        (str(tmp_path / "empty"), depth, ()),
+    }
+
+
+def test_expand_star_star_equals_percent(tmp_path):
+    make_tree(tmp_path, ["a", "sub/b"])
+    stars = expanded(parse_pattern(f"{tmp_path}/**"))
+    percents = expanded(parse_pattern(f"{tmp_path}/%%"))
+    assert stars == percents
+    assert len(stars) == 2
+
+
+def test_expand_wildcard_in_middle(tmp_path):
+    make_tree(tmp_path, ["one/htdocs/index", "two/htdocs/x/y", "two/logs/z", "file"])
+    pattern = parse_pattern(f"{tmp_path}/%/htdocs/%%")
+    base = len(pattern.levels)
+    dirs = {(directory, depth) for directory, depth, _ in expanded(pattern)}
+    assert dirs == {
+        (str(tmp_path), base - 2),
+        (str(tmp_path / "one"), base - 1),
+        (str(tmp_path / "two"), base - 1),
+        (str(tmp_path / "one/htdocs"), base),
+        (str(tmp_path / "two/htdocs"), base),
+        (str(tmp_path / "two/htdocs/x"), base),
+    }
+
+
+def test_expand_missing_start_uses_ancestor(tmp_path):
+    pattern = parse_pattern(f"{tmp_path}/not/yet/%%")
+    directory, depth = nearest_directory(pattern)
+    assert directory == os.fsencode(tmp_path)
+    assert depth == len(pattern.levels) - 2
+    assert expanded(pattern) == {(str(tmp_path), depth, ())}
