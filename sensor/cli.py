@@ -36,7 +36,7 @@ def tables_help() -> str:
         lines.append(f"    columns: {', '.join(visible)}")
         required = schema.required_columns
         if required:
-            lines.append(f"    requires: {' or '.join(required)} (= or IN)")
+            lines.append(f"    requires: {' or '.join(required)} (=, IN or LIKE)")
     return "\n".join(lines) + "\n"
 
 

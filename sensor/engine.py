@@ -36,6 +36,10 @@ _COST_NARROWED = 10.0
 _COST_FULL_SCAN = 1_000_000.0
 _COST_UNUSABLE = 1e18
 
+# Operators that pick rows by value, and so satisfy a required column: LIKE counts
+# because osquery's file and hash tables expand LIKE patterns on `path`.
+_NARROWING = ("=", "IN", "LIKE")
+
 
 class QueryResult:
     """Column names and rows of one statement."""
@@ -173,7 +177,7 @@ class _VirtualTable:
                 op = "IN"
             pushed.append((column.name, op))
             info.set_aConstraintUsage_argvIndex(i, len(pushed))
-            if op in ("=", "IN"):
+            if op in _NARROWING:
                 narrowed = narrowed or column.index or column.required
                 constrained_required = constrained_required or column.required
 
@@ -247,11 +251,11 @@ class _Cursor:
         plan = json.loads(indexname) if indexname else {"constraints": [], "used": []}
         required = schema.required_columns
         if required and not any(
-            op in ("=", "IN") for name, op in plan["constraints"] if name in required
+            op in _NARROWING for name, op in plan["constraints"] if name in required
         ):
             alternatives = " or ".join(required)
             raise QueryError(
-                f"table {schema.name} requires an = or IN constraint on "
+                f"table {schema.name} requires an =, IN or LIKE constraint on "
                 f"{alternatives}, for example WHERE {required[0]} = '/etc/hosts'"
             )
         context = QueryContext(

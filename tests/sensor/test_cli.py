@@ -55,7 +55,7 @@ def test_query_help_lists_tables():
     completed = sensor("query", "--help")
     assert completed.returncode == 0
     assert "  processes: " in completed.stdout
-    assert "requires: path or directory (= or IN)" in completed.stdout
+    assert "requires: path or directory (=, IN or LIKE)" in completed.stdout
 
 
 def test_modes_are_exclusive():

@@ -225,6 +225,11 @@ def test_like_escaped_non_utf8(tree):
     assert found == {fs_text(os.path.join(os.fsencode(tree), b"caf\xe9"))}
 
 
+def test_like_through_engine(engine, tree):
+    result = engine.execute(f"SELECT path FROM file WHERE path LIKE '{tree}/pl%'")
+    assert result.rows == [(str(tree / "plain.txt"),)]
+
+
 def test_like_directory_lists_matched_dirs(tree):
     (tree / "sub" / "deep.txt").write_text("x")
     context = QueryContext(constraints={"directory": [("LIKE", f"{tree}/s%")]})
