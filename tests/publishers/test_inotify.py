@@ -1,0 +1,321 @@
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import trio
+from inotify_simple import flags
+
+from publishers.inotify import InotifyPublisher, RawEvent, parse_events
+from sensor.errors import PublisherError
+
+DATA = Path(__file__).parent.parent / "data" / "inotify"
+MAX_QUEUED = Path("/proc/sys/fs/inotify/max_queued_events")
+
+# How long a test waits for inotify before it fails. Events usually arrive within
+# milliseconds, so this only bounds a broken run.
+TIMEOUT = 10
+
+
+def test_parse_events_captured_file_ops():
+    events = parse_events((DATA / "file_ops.bin").read_bytes())
+    assert [(event.mask & ~flags.ISDIR, event.name) for event in events] == [
+        (flags.CREATE, b"a.txt"),
+        (flags.MODIFY, b"a.txt"),
+        (flags.CLOSE_WRITE, b"a.txt"),
+        (flags.ATTRIB, b"a.txt"),
+        (flags.MOVED_FROM, b"a.txt"),
+        (flags.MOVED_TO, b"b.txt"),
+        (flags.DELETE, b"b.txt"),
+        (flags.CREATE, b"sub"),
+        (flags.CREATE, b"caf\xe9"),
+        (flags.CLOSE_WRITE, b"caf\xe9"),
+    ]
+    assert events[7].mask & flags.ISDIR
+    assert events[4].cookie != 0
+    assert events[4].cookie == events[5].cookie
+    assert {event.wd for event in events} == {1}
+
+
+def test_parse_events_captured_overflow():
+    events = parse_events((DATA / "overflow.bin").read_bytes())
+    assert events[-1] == RawEvent(-1, flags.Q_OVERFLOW, 0, b"")
+    assert all(event.mask == flags.CREATE for event in events[:-1])
+
+
+def test_parse_events_built_overflow():
+    frame = struct.pack("=iIII", -1, flags.Q_OVERFLOW, 0, 0)
+    named = struct.pack("=iIII", 3, flags.CREATE, 0, 16) + b"x.conf".ljust(16, b"\0")
+    assert parse_events(named + frame) == [
+        RawEvent(3, flags.CREATE, 0, b"x.conf"),
+        RawEvent(-1, flags.Q_OVERFLOW, 0, b""),
+    ]
+
+
+def test_parse_events_empty():
+    assert parse_events(b"") == []
+
+
+@pytest.mark.parametrize("size", [4, 16 + 8])
+def test_parse_events_truncated(size):
+    data = struct.pack("=iIII", 1, flags.CREATE, 0, 16) + b"name".ljust(16, b"\0")
+    with pytest.raises(ValueError, match="truncated"):
+        parse_events(data[:size])
+
+
+def test_publisher_rejects_bad_pattern():
+    with pytest.raises(PublisherError, match="file_paths etc: .* is not absolute"):
+        InotifyPublisher({"etc": ["etc/hosts"]})
+
+
+class Collector:
+    """Receives every event a publisher sends, for tests to wait on."""
+
+    def __init__(self, receive):
+        self.receive = receive
+        self.events = []
+
+    async def run(self):
+        async for event in self.receive:
+            self.events.append(event)
+
+    def seen(self, action, path):
+        return any(
+            event.action == action and event.fields["target_path"] == os.fsencode(path)
+            for event in self.events
+        )
+
+    def actions(self, path):
+        path = os.fsencode(path)
+        return [e.action for e in self.events if e.fields["target_path"] == path]
+
+    async def wait(self, action, path):
+        with trio.move_on_after(TIMEOUT):
+            while not self.seen(action, path):
+                await trio.sleep(0.01)
+        assert self.seen(action, path), f"no {action} for {path}: {self.events}"
+
+
+async def start(nursery, publisher, size=1000):
+    send, receive = trio.open_memory_channel(size)
+    collector = Collector(receive)
+    await nursery.start(publisher.run, send)
+    nursery.start_soon(collector.run)
+    return collector
+
+
+async def test_publisher_file_actions(tmp_path):
+    publisher = InotifyPublisher({"tmp": [f"{tmp_path}/%%"]})
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        path = tmp_path / "a.txt"
+        path.write_bytes(b"one")
+        await events.wait("UPDATED", path)
+        os.chmod(path, 0o600)
+        await events.wait("ATTRIBUTES_MODIFIED", path)
+        os.rename(path, tmp_path / "b.txt")
+        await events.wait("MOVED_TO", tmp_path / "b.txt")
+        os.unlink(tmp_path / "b.txt")
+        await events.wait("DELETED", tmp_path / "b.txt")
+        nursery.cancel_scope.cancel()
+
+    assert events.actions(path) == [
+        "CREATED",
+        "UPDATED",
+        "ATTRIBUTES_MODIFIED",
+        "MOVED_FROM",
+    ]
+    assert events.actions(tmp_path / "b.txt") == ["MOVED_TO", "DELETED"]
+    moved = [e for e in events.events if e.action.startswith("MOVED")]
+    assert moved[0].fields["transaction_id"] != 0
+    assert moved[0].fields["transaction_id"] == moved[1].fields["transaction_id"]
+    assert {e.fields["category"] for e in events.events} == {"tmp"}
+    assert publisher.statistics().events == len(events.events)
+
+
+async def test_publisher_filters_by_pattern(tmp_path):
+    publisher = InotifyPublisher(
+        {"conf": [f"{tmp_path}/%.conf"]},
+        {"conf": [f"{tmp_path}/secret.conf"]},
+    )
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        (tmp_path / "secret.conf").write_bytes(b"x")
+        (tmp_path / "a.txt").write_bytes(b"x")
+        (tmp_path / "sub").mkdir()
+        (tmp_path / "sub" / "b.conf").write_bytes(b"x")
+        (tmp_path / "c.conf").write_bytes(b"x")
+        await events.wait("UPDATED", tmp_path / "c.conf")
+        nursery.cancel_scope.cancel()
+
+    paths = {e.fields["target_path"] for e in events.events}
+    assert paths == {os.fsencode(tmp_path / "c.conf")}
+
+
+async def test_publisher_coalesces_writes(tmp_path):
+    publisher = InotifyPublisher({"tmp": [f"{tmp_path}/%"]})
+    path = tmp_path / "log"
+    path.write_bytes(b"")
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        with open(path, "ab") as file:
+            for _ in range(20):
+                file.write(b"line\n")
+                file.flush()
+        await events.wait("UPDATED", path)
+        (tmp_path / "marker").write_bytes(b"")
+        await events.wait("CREATED", tmp_path / "marker")
+        nursery.cancel_scope.cancel()
+
+    # All 20 writes sit in the queue before the publisher reads, so one UPDATED
+    # covers them, and the close repeats none since no write followed.
+    assert events.actions(path) == ["UPDATED"]
+
+
+async def test_publisher_new_directory_contents(tmp_path):
+    publisher = InotifyPublisher({"tmp": [f"{tmp_path}/**"]})
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        # No checkpoint between these steps: the publisher sees the directory only
+        # after everything in it exists.
+        deep = tmp_path / "new" / "deeper"
+        deep.mkdir(parents=True)
+        (deep / "f").write_bytes(b"x")
+        (tmp_path / "new" / "g").write_bytes(b"y")
+        await events.wait("CREATED", deep / "f")
+        await events.wait("CREATED", tmp_path / "new" / "g")
+        # Later files in the new directory are seen through its own watch.
+        (deep / "h").write_bytes(b"z")
+        await events.wait("UPDATED", deep / "h")
+        nursery.cancel_scope.cancel()
+
+    assert events.actions(deep / "f") == ["CREATED"]
+    assert events.actions(tmp_path / "new") == ["CREATED"]
+    assert events.actions(deep) == ["CREATED"]
+    assert events.actions(deep / "h") == ["CREATED", "UPDATED"]
+
+
+async def test_publisher_missing_start_directory(tmp_path):
+    publisher = InotifyPublisher({"later": [f"{tmp_path}/a/b/%%"]})
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        (tmp_path / "a").mkdir()
+        await trio.sleep(0)
+        (tmp_path / "a" / "b").mkdir()
+        (tmp_path / "a" / "b" / "early").write_bytes(b"x")
+        await events.wait("CREATED", tmp_path / "a" / "b" / "early")
+        (tmp_path / "a" / "b" / "late").write_bytes(b"x")
+        await events.wait("UPDATED", tmp_path / "a" / "b" / "late")
+        nursery.cancel_scope.cancel()
+
+    paths = {e.fields["target_path"] for e in events.events}
+    assert os.fsencode(tmp_path / "a") not in paths
+    assert os.fsencode(tmp_path / "a" / "b") not in paths
+
+
+async def test_publisher_start_directory_recreated(tmp_path):
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    publisher = InotifyPublisher({"tmp": [f"{watched}/%"]})
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        (watched / "f").write_bytes(b"x")
+        await events.wait("UPDATED", watched / "f")
+        os.unlink(watched / "f")
+        watched.rmdir()
+        await events.wait("DELETED", watched / "f")
+        # Whether or not the publisher has watched the parent by now, the new
+        # directory's contents are reported.
+        watched.mkdir()
+        (watched / "g").write_bytes(b"x")
+        await events.wait("CREATED", watched / "g")
+        nursery.cancel_scope.cancel()
+
+
+async def test_publisher_renamed_directory(tmp_path):
+    (tmp_path / "old").mkdir()
+    publisher = InotifyPublisher({"tmp": [f"{tmp_path}/%%"]})
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        os.rename(tmp_path / "old", tmp_path / "new")
+        await events.wait("MOVED_TO", tmp_path / "new")
+        (tmp_path / "new" / "f").write_bytes(b"x")
+        await events.wait("UPDATED", tmp_path / "new" / "f")
+        nursery.cancel_scope.cancel()
+
+    assert events.actions(tmp_path / "old" / "f") == []
+
+
+async def test_publisher_queue_full(tmp_path):
+    publisher = InotifyPublisher({"tmp": [f"{tmp_path}/%"]})
+    send, receive = trio.open_memory_channel(1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(publisher.run, send)
+        for index in range(5):
+            (tmp_path / f"f{index}").write_bytes(b"x")
+        with trio.move_on_after(TIMEOUT):
+            while publisher.statistics().drop_reasons.get("queue_full", 0) < 5:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+    statistics = publisher.statistics()
+    assert statistics.events == 1
+    assert statistics.buffered == 1
+    # Five files make ten events (CREATED, UPDATED), and the channel takes one.
+    assert statistics.drop_reasons == {"queue_full": 9}
+    assert statistics.dropped == 9
+    assert receive.receive_nowait().action == "CREATED"
+
+
+@pytest.fixture
+def small_inotify_queue():
+    """Lower fs.inotify.max_queued_events while a test opens its inotify instance.
+
+    The limit applies to instances created while it is set, so the test calls the
+    fixture's function around `nursery.start` and the value is restored at once.
+    """
+    saved = MAX_QUEUED.read_text()
+
+    async def start_small(nursery, publisher, size):
+        MAX_QUEUED.write_text(str(size))
+        try:
+            return await start(nursery, publisher)
+        finally:
+            MAX_QUEUED.write_text(saved)
+
+    try:
+        yield start_small
+    finally:
+        MAX_QUEUED.write_text(saved)
+
+
+@pytest.mark.skipif(not os.access(MAX_QUEUED, os.W_OK), reason="needs root")
+async def test_publisher_overflow_rescan(tmp_path, small_inotify_queue):
+    rewritten = tmp_path / "rewritten"
+    rewritten.write_bytes(b"old")
+    doomed = tmp_path / "doomed"
+    doomed.write_bytes(b"x")
+    publisher = InotifyPublisher({"tmp": [f"{tmp_path}/%%"]})
+    async with trio.open_nursery() as nursery:
+        events = await small_inotify_queue(nursery, publisher, 8)
+        # No checkpoint here, so the publisher reads only after the queue overflowed.
+        for index in range(20):
+            (tmp_path / f"f{index}").write_bytes(b"x")
+        (tmp_path / "sub").mkdir()
+        (tmp_path / "sub" / "inner").write_bytes(b"x")
+        rewritten.write_bytes(b"new content")
+        os.unlink(doomed)
+        await events.wait("CREATED", tmp_path / "sub" / "inner")
+        await events.wait("DELETED", doomed)
+        # The rescan watched the new directory again.
+        (tmp_path / "sub" / "after").write_bytes(b"x")
+        await events.wait("UPDATED", tmp_path / "sub" / "after")
+        nursery.cancel_scope.cancel()
+
+    for index in range(20):
+        assert events.seen("CREATED", tmp_path / f"f{index}"), index
+    assert events.seen("UPDATED", rewritten)
+    statistics = publisher.statistics()
+    assert statistics.overflows == 1
+    assert statistics.drop_reasons == {"overflow": 1}
+    assert "overflowed" in statistics.last_error
