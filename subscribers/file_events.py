@@ -1,0 +1,231 @@
+"""The file_events subscriber: inotify events, described and hashed, into the store.
+
+Only the table declaration is built at import time, so a query that reads file_events
+imports neither trio nor hashlib. The subscriber imports them when it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from sensor.event_table import event_generator
+from sensor.events import Counters, Event, Statistics
+from sensor.schema import BIGINT, INTEGER, TEXT, Column, Table, TableSchema
+from sensor.text import fs_text
+
+if TYPE_CHECKING:
+    import trio
+
+    from sensor.store import Store
+
+__all__ = ["SCHEMA", "TABLES", "FileEventsSubscriber"]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = TableSchema(
+    "file_events",
+    "Changes to files under the file_paths patterns, reported by inotify.",
+    (
+        Column("target_path", TEXT, "The path of the changed file"),
+        Column("category", TEXT, "The file_paths category whose pattern matched"),
+        Column("action", TEXT, "Change: CREATED, UPDATED, DELETED, MOVED_FROM, ..."),
+        Column("transaction_id", BIGINT, "inotify cookie pairing MOVED_FROM/MOVED_TO"),
+        Column("inode", BIGINT, "Inode number"),
+        Column("uid", BIGINT, "Owning user ID"),
+        Column("gid", BIGINT, "Owning group ID"),
+        Column("mode", TEXT, "Permission bits in octal"),
+        Column("size", BIGINT, "Size in bytes"),
+        Column("atime", BIGINT, "Last access time"),
+        Column("mtime", BIGINT, "Last modification time"),
+        Column("ctime", BIGINT, "Last status change time"),
+        Column("md5", TEXT, "MD5 of the content"),
+        Column("sha1", TEXT, "SHA1 of the content"),
+        Column("sha256", TEXT, "SHA256 of the content"),
+        Column("hashed", INTEGER, "1 if hashed, 0 if not hashed, -1 if hashing failed"),
+        Column(
+            "time", BIGINT, "Unix time at which the event was read", additional=True
+        ),
+        Column("eid", TEXT, "Event ID", hidden=True),
+    ),
+    event_table=True,
+)
+
+TABLES = [Table(SCHEMA, event_generator("file_events"))]
+
+# Actions after which the file may contain new content, so it is hashed.
+_HASHED_ACTIONS = frozenset({"CREATED", "UPDATED"})
+
+# Maximum number of events stored in one transaction.
+_BATCH_MAX = 512
+
+# Maximum seconds between expiry runs.
+_EXPIRE_INTERVAL = 60
+
+_HASH_CHUNK = 1024 * 1024
+
+
+class FileEventsSubscriber:
+    """Stats and hashes inotify events and stores them as file_events rows.
+
+    Events older than `events_expiry` seconds, and the oldest beyond `events_max`,
+    are deleted by `expire`, which `run` calls periodically.
+    """
+
+    name = "file_events"
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        events_expiry: int,
+        events_max: int,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._store = store
+        self._events_expiry = events_expiry
+        self._events_max = events_max
+        self._clock = clock
+        self._counters = Counters(self.name, "subscriber")
+
+    def statistics(self) -> Statistics:
+        return self._counters.snapshot()
+
+    async def run(
+        self,
+        receive: trio.MemoryReceiveChannel[Event],
+        *,
+        task_status: trio.TaskStatus[None] | None = None,
+    ) -> None:
+        """Store events from `receive` until it closes, expiring old ones meanwhile."""
+        import trio
+
+        self._counters.buffered = self._store.count_events(self.name)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._expire_periodically)
+            if task_status is not None:
+                task_status.started()
+            async with receive:
+                await self._store_events(receive)
+            nursery.cancel_scope.cancel()
+
+    async def _store_events(self, receive: trio.MemoryReceiveChannel[Event]) -> None:
+        import trio
+
+        async for event in receive:
+            batch = [event]
+            while len(batch) < _BATCH_MAX:
+                try:
+                    batch.append(receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            rows = await trio.to_thread.run_sync(describe_events, batch)
+            self._add(rows)
+
+    def _add(self, rows: list[tuple[int, dict[str, Any]]]) -> None:
+        import apsw
+
+        try:
+            self._store.add_events(self.name, rows)
+        except apsw.Error as error:
+            self._counters.drop("store_failed", len(rows))
+            self._counters.error(
+                f"storing file_events failed: {error}", int(self._clock())
+            )
+            logger.error("storing file_events failed: %s (count=%d)", error, len(rows))
+            return
+        self._counters.events += len(rows)
+        self._counters.buffered += len(rows)
+
+    async def _expire_periodically(self) -> None:
+        import trio
+
+        interval = max(1, min(_EXPIRE_INTERVAL, self._events_expiry))
+        while True:
+            await trio.sleep(interval)
+            self.expire(int(self._clock()))
+
+    def expire(self, now: int) -> None:
+        """Delete events older than events_expiry and the oldest beyond events_max."""
+        expired, dropped = self._store.expire(
+            self.name, now, self._events_expiry, self._events_max
+        )
+        self._counters.expired += expired
+        if dropped:
+            self._counters.drop("events_max", dropped)
+        self._counters.buffered = self._store.count_events(self.name)
+
+
+def describe_events(events: Iterable[Event]) -> list[tuple[int, dict[str, Any]]]:
+    """Return (time, row) per event: its fields plus the file's stat and hashes.
+
+    Blocking: it reads the files. A path is described once per call, even when
+    several events name it.
+    """
+    described: dict[tuple[bytes, bool], dict[str, Any]] = {}
+    rows = []
+    for event in events:
+        path = event.fields["target_path"]
+        if isinstance(path, str):
+            path = os.fsencode(path)
+        hashing = event.action in _HASHED_ACTIONS
+        key = (path, hashing)
+        if key not in described:
+            described[key] = describe_file(path, hashing)
+        row = dict(event.fields)
+        row.update(described[key])
+        row["target_path"] = fs_text(path)
+        row["action"] = event.action
+        rows.append((event.time, row))
+    return rows
+
+
+def describe_file(path: bytes, hashing: bool) -> dict[str, Any]:
+    """Return stat columns of a file, and its hashes when `hashing` and it is regular.
+
+    A file that is gone returns only `hashed` = 0, so the event's own fields stay.
+    """
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return {"hashed": 0}
+    columns: dict[str, Any] = {
+        "inode": st.st_ino,
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+        "mode": f"{stat.S_IMODE(st.st_mode):04o}",
+        "size": st.st_size,
+        "atime": int(st.st_atime),
+        "mtime": int(st.st_mtime),
+        "ctime": int(st.st_ctime),
+        "hashed": 0,
+    }
+    if hashing and stat.S_ISREG(st.st_mode):
+        columns.update(hash_file(path))
+    return columns
+
+
+def hash_file(path: bytes) -> dict[str, Any]:
+    """Return md5, sha1, sha256 and `hashed` = 1, or `hashed` = -1 if reading fails."""
+    # NOTE: files of any size are hashed in full, so a large file rewritten often
+    # keeps a worker thread busy and delays the events behind it.
+    import hashlib
+
+    digests = [hashlib.md5(), hashlib.sha1(), hashlib.sha256()]
+    try:
+        # The path was a regular file at lstat but may have been replaced since.
+        # O_NOFOLLOW keeps a symbolic link from being followed, and O_NONBLOCK keeps
+        # a FIFO from blocking the open.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with open(fd, "rb") as file:
+            while chunk := file.read(_HASH_CHUNK):
+                for digest in digests:
+                    digest.update(chunk)
+    except OSError as error:
+        logger.debug("hashing %s failed: %s", fs_text(path), error)
+        return {"hashed": -1}
+    md5, sha1, sha256 = (digest.hexdigest() for digest in digests)
+    return {"md5": md5, "sha1": sha1, "sha256": sha256, "hashed": 1}

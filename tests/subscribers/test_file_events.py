@@ -1,0 +1,299 @@
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+import trio
+
+from publishers.inotify import InotifyPublisher
+from sensor.engine import Engine
+from sensor.events import Event
+from sensor.store import Store
+from subscribers.file_events import SCHEMA, FileEventsSubscriber, describe_file
+
+# How long a test waits for events before it fails. Events usually arrive within
+# milliseconds, so this only bounds a broken run.
+TIMEOUT = 10
+
+COLUMNS = (
+    "target_path, category, action, transaction_id, inode, uid, gid, mode, size,"
+    " atime, mtime, ctime, md5, sha1, sha256, hashed, time"
+)
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = Store(tmp_path / "sensor.db")
+    yield store
+    store.close()
+
+
+def rows(store, where="1"):
+    sql = f"SELECT {COLUMNS} FROM file_events WHERE {where}"
+    return Engine(store).execute(sql).dicts()
+
+
+async def wait_rows(store, where, count=1):
+    with trio.move_on_after(TIMEOUT):
+        while len(rows(store, where)) < count:
+            await trio.sleep(0.01)
+    found = rows(store, where)
+    assert len(found) >= count, f"no rows where {where}: {rows(store)}"
+    return found
+
+
+def where_path(path, action):
+    return f"target_path = '{os.fsdecode(path)}' AND action = '{action}'"
+
+
+def digests(content):
+    return {
+        "md5": hashlib.md5(content).hexdigest(),
+        "sha1": hashlib.sha1(content).hexdigest(),
+        "sha256": hashlib.sha256(content).hexdigest(),
+    }
+
+
+async def start_pipeline(nursery, store, file_paths, **subscriber_options):
+    options = {"events_expiry": 3600, "events_max": 100_000, **subscriber_options}
+    publisher = InotifyPublisher(file_paths)
+    subscriber = FileEventsSubscriber(store, **options)
+    send, receive = trio.open_memory_channel(1000)
+    await nursery.start(subscriber.run, receive)
+    await nursery.start(publisher.run, send)
+    return publisher, subscriber
+
+
+def test_schema_matches_osquery():
+    assert SCHEMA.column_names == (
+        "target_path",
+        "category",
+        "action",
+        "transaction_id",
+        "inode",
+        "uid",
+        "gid",
+        "mode",
+        "size",
+        "atime",
+        "mtime",
+        "ctime",
+        "md5",
+        "sha1",
+        "sha256",
+        "hashed",
+        "time",
+        "eid",
+    )
+    assert SCHEMA.event_table
+    assert SCHEMA.column("eid").hidden
+    assert SCHEMA.column("time").type == "BIGINT"
+
+
+def test_import_skips_trio():
+    code = "import sys, subscribers.file_events; print('trio' in sys.modules)"
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert output.stdout.strip() == "False"
+
+
+async def test_file_lifecycle_rows(tmp_path, store):
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    path = watched / "a.txt"
+    content = b"hello, file_events\n"
+    async with trio.open_nursery() as nursery:
+        await start_pipeline(nursery, store, {"docs": [f"{watched}/%%"]})
+        path.write_bytes(content)
+        await wait_rows(store, where_path(path, "UPDATED"))
+        os.chmod(path, 0o640)
+        await wait_rows(store, where_path(path, "ATTRIBUTES_MODIFIED"))
+        os.rename(path, watched / "b.txt")
+        await wait_rows(store, where_path(watched / "b.txt", "MOVED_TO"))
+        os.unlink(watched / "b.txt")
+        await wait_rows(store, where_path(watched / "b.txt", "DELETED"))
+        nursery.cancel_scope.cancel()
+
+    found = rows(store)
+    assert [(row["target_path"], row["action"]) for row in found] == [
+        (str(path), "CREATED"),
+        (str(path), "UPDATED"),
+        (str(path), "ATTRIBUTES_MODIFIED"),
+        (str(path), "MOVED_FROM"),
+        (str(watched / "b.txt"), "MOVED_TO"),
+        (str(watched / "b.txt"), "DELETED"),
+    ]
+    assert {row["category"] for row in found} == {"docs"}
+
+    updated = found[1]
+    for name, digest in digests(content).items():
+        assert updated[name] == digest
+    assert updated["hashed"] == 1
+    assert updated["size"] == len(content)
+    assert updated["inode"] == found[4]["inode"]
+    assert updated["uid"] == os.getuid()
+    assert updated["gid"] == os.getgid()
+    assert updated["mtime"] > 0
+    assert updated["time"] > 0
+
+    assert found[2]["mode"] == "0640"
+    assert found[2]["hashed"] == 0
+    assert found[2]["md5"] is None
+    assert found[3]["transaction_id"] != 0
+    assert found[3]["transaction_id"] == found[4]["transaction_id"]
+    # The file is gone at DELETED, so the publisher's snapshot fills these.
+    assert found[5]["inode"] == found[4]["inode"]
+    assert found[5]["size"] == len(content)
+    assert found[5]["mode"] == "0640"
+    assert found[5]["hashed"] == 0
+
+
+async def test_new_directory_files_hashed(tmp_path, store):
+    async with trio.open_nursery() as nursery:
+        await start_pipeline(nursery, store, {"tree": [f"{tmp_path}/watched/**"]})
+        # The directory does not exist at start, and its files are written before
+        # the publisher can watch it.
+        (tmp_path / "watched" / "new").mkdir(parents=True)
+        for index in range(3):
+            (tmp_path / "watched" / "new" / f"f{index}").write_bytes(b"%d" % index)
+        for index in range(3):
+            path = tmp_path / "watched" / "new" / f"f{index}"
+            await wait_rows(store, where_path(path, "CREATED"))
+        nursery.cancel_scope.cancel()
+
+    for index in range(3):
+        path = tmp_path / "watched" / "new" / f"f{index}"
+        created = rows(store, where_path(path, "CREATED"))
+        assert len(created) == 1
+        assert created[0]["sha256"] == digests(b"%d" % index)["sha256"]
+        assert created[0]["category"] == "tree"
+
+
+async def test_non_utf8_name_stored(tmp_path, store):
+    name = os.fsencode(tmp_path) + b"/caf\xe9"
+    async with trio.open_nursery() as nursery:
+        await start_pipeline(nursery, store, {"tmp": [f"{tmp_path}/%"]})
+        with open(name, "wb") as file:
+            file.write(b"x")
+        await wait_rows(store, "action = 'UPDATED'")
+        nursery.cancel_scope.cancel()
+
+    found = rows(store, "action = 'UPDATED'")
+    assert found[0]["target_path"] == f"{tmp_path}/caf\\xe9"
+    assert found[0]["md5"] == digests(b"x")["md5"]
+
+
+async def test_events_survive_restart(tmp_path):
+    store = Store(tmp_path / "sensor.db")
+    subscriber = FileEventsSubscriber(store, events_expiry=3600, events_max=100)
+    send, receive = trio.open_memory_channel(10)
+    fields = {"target_path": b"/nonexistent/x", "category": "c"}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(subscriber.run, receive)
+        async with send:
+            await send.send(Event("inotify", "DELETED", 1_700_000_000, fields))
+    store.close()
+
+    reopened = Store(tmp_path / "sensor.db")
+    try:
+        found = rows(reopened)
+    finally:
+        reopened.close()
+    assert len(found) == 1
+    assert found[0]["target_path"] == "/nonexistent/x"
+    assert found[0]["action"] == "DELETED"
+    assert found[0]["time"] == 1_700_000_000
+    assert found[0]["hashed"] == 0
+    assert subscriber.statistics().events == 1
+
+
+def stored_event(store, time):
+    store.add_events(
+        "file_events", [(time, {"target_path": "/x", "action": "UPDATED"})]
+    )
+
+
+def test_expire_by_age_and_count(store):
+    subscriber = FileEventsSubscriber(store, events_expiry=100, events_max=3)
+    for time in (800, 850, 950, 960, 970, 980, 990):
+        stored_event(store, time)
+    subscriber.expire(1000)
+    statistics = subscriber.statistics()
+    assert statistics.expired == 2
+    assert statistics.drop_reasons == {"events_max": 2}
+    assert statistics.buffered == 3
+    assert [row["time"] for row in rows(store)] == [970, 980, 990]
+
+
+async def run_with_fake_time(store, expiry, events_max, until):
+    """Run a subscriber on trio's fake clock, send it three events, and wait (in fake
+    time) until `until(statistics)` holds."""
+    start = 1_700_000_000
+
+    def clock():
+        return start + trio.current_time()
+
+    subscriber = FileEventsSubscriber(
+        store, events_expiry=expiry, events_max=events_max, clock=clock
+    )
+    send, receive = trio.open_memory_channel(10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(subscriber.run, receive)
+        for index in range(3):
+            fields = {"target_path": f"/gone/{index}", "category": "c"}
+            await send.send(Event("inotify", "DELETED", int(clock()), fields))
+        with trio.move_on_after(10 * 60):
+            while not until(subscriber.statistics()):
+                await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    return subscriber.statistics()
+
+
+async def test_run_expires_by_age(store, autojump_clock):
+    statistics = await run_with_fake_time(
+        store, expiry=30, events_max=100, until=lambda s: s.expired == 3
+    )
+    assert statistics.expired == 3
+    assert statistics.dropped == 0
+    assert statistics.buffered == 0
+    assert store.count_events("file_events") == 0
+
+
+async def test_run_expires_by_count(store, autojump_clock):
+    statistics = await run_with_fake_time(
+        store, expiry=10**9, events_max=2, until=lambda s: s.dropped == 1
+    )
+    assert statistics.drop_reasons == {"events_max": 1}
+    assert statistics.expired == 0
+    assert statistics.buffered == 2
+    assert [row["target_path"] for row in rows(store)] == ["/gone/1", "/gone/2"]
+
+
+def test_describe_file_hashes_regular_files(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"abc")
+    described = describe_file(os.fsencode(path), hashing=True)
+    assert described["hashed"] == 1
+    assert described["sha1"] == digests(b"abc")["sha1"]
+    assert described["mode"] == f"{os.stat(path).st_mode & 0o7777:04o}"
+
+
+def test_describe_file_skips_directories(tmp_path):
+    described = describe_file(os.fsencode(tmp_path), hashing=True)
+    assert described["hashed"] == 0
+    assert "md5" not in described
+
+
+def test_describe_file_skips_fifo(tmp_path):
+    # A FIFO is not a regular file, so it is never opened for hashing.
+    os.mkfifo(tmp_path / "fifo")
+    described = describe_file(os.fsencode(tmp_path / "fifo"), hashing=True)
+    assert described["hashed"] == 0
+
+
+def test_describe_file_missing(tmp_path):
+    assert describe_file(os.fsencode(tmp_path / "missing"), hashing=True) == {
+        "hashed": 0
+    }
