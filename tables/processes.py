@@ -7,7 +7,7 @@ searches bytes instead of using regular expressions, and skips the files of colu
 that the query does not use.
 
 Columns follow osquery's Linux `processes` table (osquery 5.x,
-`osquery/tables/system/linux/processes.cpp`), except where a comment says otherwise.
+`osquery/tables/system/linux/processes.cpp`), except where a comment notes a difference.
 """
 
 from __future__ import annotations
@@ -267,8 +267,10 @@ def _read_exe(row: dict[str, Any], prefix: str) -> None:
     The kernel appends " (deleted)" to the target of a binary that has been unlinked,
     so a target without that suffix is on disk and needs no stat. With the suffix,
     the link count of the running binary distinguishes a deleted binary from one
-    whose name ends in " (deleted)". NOTE: osquery instead looks the path up in its own mount
-    namespace, so it reports 0 for a binary inside a container; this reports 1.
+    whose name ends in " (deleted)".
+
+    NOTE: osquery instead looks the path up in its own mount namespace, so it
+    reports 0 for a binary inside a container, where this reports 1.
     """
     path = _read_link(prefix + "exe")
     row["path"] = path
@@ -323,35 +325,39 @@ def _parse_stat(row: dict[str, Any], stat: bytes, boot_time: int | None) -> bool
 
 
 def _parse_status(row: dict[str, Any], status: bytes) -> None:
-    # The Gid line follows the Uid line, and each contains the real, effective, saved
-    # and filesystem IDs (task_state() in fs/proc/array.c). Splitting at tabs from
-    # the first uid on gives [ruid, euid, suid, "fsuid\nGid:", rgid, egid, sgid, ...].
-    start = status.find(b"\nUid:\t")
-    if start >= 0:
-        ids = status[start + 6 :].split(b"\t", 7)
-        if len(ids) == 8 and ids[3].endswith(b"\nGid:"):
-            row["uid"] = int(ids[0])
-            row["euid"] = int(ids[1])
-            row["suid"] = int(ids[2])
-            row["gid"] = int(ids[4])
-            row["egid"] = int(ids[5])
-            row["sgid"] = int(ids[6])
+    # The Gid line follows the Uid line, and each lists the real, effective, saved
+    # and filesystem IDs, tab-separated (task_state() in fs/proc/array.c).
+    uid_at = status.find(b"\nUid:\t")
+    if uid_at >= 0:
+        uid_end = status.find(b"\n", uid_at + 6)
+        gid_end = status.find(b"\n", uid_end + 6)
+        uids = status[uid_at + 6 : uid_end].split(b"\t")
+        gids = status[uid_end + 6 : gid_end].split(b"\t")
+        if status.startswith(b"\nGid:\t", uid_end) and len(uids) == len(gids) == 4:
+            row["uid"] = int(uids[0])
+            row["euid"] = int(uids[1])
+            row["suid"] = int(uids[2])
+            row["gid"] = int(gids[0])
+            row["egid"] = int(gids[1])
+            row["sgid"] = int(gids[2])
 
     # Kernel threads have no VmSize and VmRSS lines, so their sizes stay NULL.
     # NOTE: osquery 5.x turns "N kB" into N followed by "000", so its sizes are
     # 1000-based. Here a kB is 1024 bytes, as proc(5) defines it.
-    start = max(start, 0)
-    size = _status_kilobytes(status, b"\nVmSize:\t", start)
+    size = _status_kilobytes(status, b"\nVmSize:\t")
     if size is not None:
         row["total_size"] = size
-    rss = _status_kilobytes(status, b"\nVmRSS:\t", start)
+    rss = _status_kilobytes(status, b"\nVmRSS:\t")
     if rss is not None:
         row["resident_size"] = rss
 
 
-def _status_kilobytes(status: bytes, key: bytes, start: int) -> int | None:
-    """Return the bytes of a status line "Key:\t   N kB", searching from `start`."""
-    at = status.find(key, start)
+def _status_kilobytes(status: bytes, key: bytes) -> int | None:
+    """Return the size in a status line "Key:\t   N kB" in bytes.
+
+    `key` is the line's name with the newline before it and the tab after it.
+    """
+    at = status.find(key)
     if at < 0:
         return None
     end = status.find(b" kB\n", at)
@@ -374,8 +380,8 @@ def _is_leader(pid: int, status: bytes) -> bool:
 
 
 def _parse_io(row: dict[str, Any], io: bytes) -> None:
-    # Seven "name: value" lines in a fixed order since Linux 2.6.20: rchar, wchar,
-    # syscr, syscw, read_bytes, write_bytes, cancelled_write_bytes (proc(5)).
+    # Seven "name: value" lines in the order proc(5) lists them: rchar, wchar,
+    # syscr, syscw, read_bytes, write_bytes, cancelled_write_bytes.
     words = io.split()
     if words[8:14:2] == _IO_NAMES:
         row["disk_bytes_read"] = int(words[9])
