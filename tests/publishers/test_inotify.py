@@ -172,6 +172,19 @@ async def test_publisher_coalesces_writes(tmp_path):
     assert events.actions(path) == ["UPDATED"]
 
 
+async def test_publisher_file_accesses(tmp_path):
+    path = tmp_path / "read-me"
+    path.write_bytes(b"secret")
+    publisher = InotifyPublisher({"tmp": [f"{tmp_path}/%"]}, file_accesses=["tmp"])
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        assert path.read_bytes() == b"secret"
+        await events.wait("ACCESSED", path)
+        nursery.cancel_scope.cancel()
+
+    assert events.actions(path) == ["OPENED", "ACCESSED"]
+
+
 async def test_publisher_new_directory_contents(tmp_path):
     publisher = InotifyPublisher({"tmp": [f"{tmp_path}/**"]})
     async with trio.open_nursery() as nursery:
