@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("sql", help="the SQL to run")
     query.add_argument(
         "--config",
-        help="config file whose database holds the daemon's *_events tables",
+        help="config file whose database contains the daemon's *_events tables",
     )
     formats = query.add_mutually_exclusive_group()
     for mode in ("pretty", "json", "csv", "line", "list"):
@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     shell = commands.add_parser("shell", help="interactive SQL shell")
     shell.add_argument(
         "--config",
-        help="config file whose database holds the daemon's *_events tables",
+        help="config file whose database contains the daemon's *_events tables",
     )
     shell.add_argument(
         "--history",

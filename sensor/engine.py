@@ -105,7 +105,7 @@ class Engine:
         return result
 
     def is_event_based(self, result: QueryResult) -> bool:
-        """Whether the statement read an `*_events` table."""
+        """Return whether the statement read an `*_events` table."""
         return any(load_table(name).schema.event_table for name in result.tables)
 
     def _run(self, sql: str, bindings: Sequence[Any] | None) -> QueryResult:

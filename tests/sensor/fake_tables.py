@@ -28,9 +28,9 @@ FILES = TableSchema(
 
 def generate_numbers(context):
     CONTEXTS.append(context)
-    wanted = context.equals("n")
+    requested = context.equals("n")
     for n in range(10):
-        if wanted is None or n in wanted:
+        if requested is None or n in requested:
             yield {"n": str(n), "name": f"number {n}".encode(), "secret": "x"}
 
 
