@@ -275,8 +275,13 @@ class _Cursor:
         self.position = 0
 
     def _materialize(self, rows: Iterable[Any]) -> Iterable[tuple[Any, ...]]:
-        columns = self.table.schema.columns
+        schema = self.table.schema
+        columns = schema.columns
         names = [column.name for column in columns]
+        if schema.typed_rows:
+            for row in rows:
+                yield tuple(map(row.get, names))
+            return
         converters = [_converter(column.type) for column in columns]
         pairs = list(zip(names, converters))
         for row in rows:

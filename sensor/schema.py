@@ -64,12 +64,18 @@ class Column:
 
 @dataclass(frozen=True)
 class TableSchema:
-    """A table's name, description and columns, in declaration order."""
+    """A table's name, description and columns, in declaration order.
+
+    `typed_rows` promises that the generator returns every value in its column's
+    type, with text as valid UTF-8 `str`, so the engine skips converting each value
+    (osquery's `strongly_typed_rows` attribute). The registry test checks it.
+    """
 
     name: str
     description: str
     columns: tuple[Column, ...]
     event_table: bool = False
+    typed_rows: bool = False
 
     def column(self, name: str) -> Column:
         for column in self.columns:

@@ -13,9 +13,10 @@ Columns follow osquery's Linux `processes` table (osquery 5.x,
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from sensor.forkscan import scan_split
 from sensor.schema import (
     BIGINT,
     INTEGER,
@@ -33,6 +34,11 @@ PROC_ROOT = "/proc"
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
+# A full scan of at least this many processes is split with a forked child (see
+# sensor.forkscan). An estimate: on a 2-CPU test machine a fork cost about 1 ms, the
+# time to read some 50 processes, and a 2,000-process scan took 0.6 of its time.
+PARALLEL_SCAN_MINIMUM = 500
+
 # One read of this size returns a whole stat, status, io or cgroup file. A longer
 # cmdline is read on in further chunks.
 _READ_SIZE = 16384
@@ -45,6 +51,7 @@ _IO_NAMES = [b"read_bytes:", b"write_bytes:", b"cancelled_write_bytes:"]
 SCHEMA = TableSchema(
     name="processes",
     description="All processes running on the host.",
+    typed_rows=True,
     columns=(
         Column("pid", BIGINT, "Process ID.", index=True),
         Column("name", TEXT, "Process name (the kernel's comm, at most 15 bytes)."),
@@ -101,17 +108,28 @@ def generate(context: QueryContext) -> Iterator[dict[str, Any]]:
     """Yield a row per process, or per requested pid under `pid =` or `pid IN`."""
     plan = _Plan(context)
     requested = context.equals("pid")
-    if requested is None:
-        pids: Iterable[int] = _list_pids()
-    else:
+    if requested is not None:
         pids = sorted(_valid_pids(requested))
+        return iter(_read_processes(pids, plan, check_leader=True))
+
+    def scan(pids: Sequence[int]) -> list[dict[str, Any]]:
+        return _read_processes(pids, plan, check_leader=False)
+
+    return iter(scan_split(_list_pids(), scan, minimum=PARALLEL_SCAN_MINIMUM))
+
+
+def _read_processes(
+    pids: Iterable[int], plan: _Plan, check_leader: bool
+) -> list[dict[str, Any]]:
+    rows = []
     for pid in pids:
         try:
-            row = _read_process(pid, plan, check_leader=requested is not None)
+            row = _read_process(pid, plan, check_leader)
         except _ProcessGone:
             continue
         if row is not None:
-            yield row
+            rows.append(row)
+    return rows
 
 
 class _Plan:
@@ -186,7 +204,7 @@ def _read_process(pid: int, plan: _Plan, check_leader: bool) -> dict[str, Any] |
     if plan.cmdline:
         cmdline = _read_file(prefix + "cmdline")
         if cmdline is not None:
-            row["cmdline"] = cmdline.replace(b"\0", b" ").strip()
+            row["cmdline"] = _text(cmdline.replace(b"\0", b" ").strip())
     if plan.io:
         io = _read_file(prefix + "io")
         if io is not None:
@@ -194,7 +212,7 @@ def _read_process(pid: int, plan: _Plan, check_leader: bool) -> dict[str, Any] |
     if plan.cgroup:
         cgroup = _read_file(prefix + "cgroup")
         if cgroup is not None:
-            row["cgroup_path"] = _parse_cgroup(cgroup)
+            row["cgroup_path"] = _text(_parse_cgroup(cgroup))
 
     if plan.exe:
         _read_exe(row, prefix)
@@ -254,7 +272,7 @@ def _read_link(path: str) -> str | None:
     readlink fails with ENOENT for them. osquery reports "" in that case.
     """
     try:
-        return os.readlink(path)
+        return _text(os.readlink(os.fsencode(path)))
     except FileNotFoundError:
         return ""
     except OSError:
@@ -306,8 +324,8 @@ def _parse_stat(row: dict[str, Any], stat: bytes, boot_time: int | None) -> bool
     if len(fields) < 21:
         return False
 
-    row["name"] = stat[open_at + 1 : close_at]
-    row["state"] = fields[0]
+    row["name"] = _text(stat[open_at + 1 : close_at])
+    row["state"] = _text(fields[0])
     row["parent"] = int(fields[1])
     row["pgroup"] = int(fields[2])
     # utime and stime count clock ticks (sysconf(_SC_CLK_TCK) per second).
@@ -386,6 +404,12 @@ def _parse_io(row: dict[str, Any], io: bytes) -> None:
     if words[8:14:2] == _IO_NAMES:
         row["disk_bytes_read"] = int(words[9])
         row["disk_bytes_written"] = int(words[11]) - int(words[13])
+
+
+def _text(data: bytes) -> str:
+    # The table declares typed_rows, so text leaves it as valid UTF-8, with bytes
+    # that are not UTF-8 escaped as sensor.text.fs_text does.
+    return data.decode("utf-8", "backslashreplace")
 
 
 def _parse_cgroup(cgroup: bytes) -> bytes:

@@ -226,3 +226,14 @@ def test_proc_root_fixture_tree(tmp_path, monkeypatch, engine):
     assert row["disk_bytes_written"] is None
     assert row["path"] == ""
     assert row["on_disk"] == -1
+
+
+def test_split_scan_matches_single_scan(monkeypatch):
+    # Lowering the threshold makes even this machine's process list take the
+    # forked path; the pids of both halves must come back once each.
+    single = Engine().execute("SELECT pid FROM processes").rows
+    monkeypatch.setattr(processes, "PARALLEL_SCAN_MINIMUM", 0)
+    split = Engine().execute("SELECT pid FROM processes").rows
+    assert len(split) == len(set(split))
+    common = set(single) & set(split)
+    assert len(common) >= len(single) - 5
