@@ -250,18 +250,11 @@ def _read_file(path: str) -> bytes | None:
     Raise `_ProcessGone` when the process has exited.
     """
     try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            data = os.read(fd, _READ_SIZE)
-            if len(data) == _READ_SIZE:
-                data += _read_rest(fd)
-        finally:
-            os.close(fd)
+        return _read(path)
     except (FileNotFoundError, ProcessLookupError) as error:
         raise _ProcessGone from error
     except OSError:
         return None
-    return data
 
 
 def _read_link(path: str) -> str | None:
