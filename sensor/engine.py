@@ -230,10 +230,19 @@ def _to_float(value: Any) -> Any:
 
 
 def _to_text(value: Any) -> Any:
+    # A str is kept unless it holds surrogates (bytes that the operating system
+    # could not decode). Raw bytes are always escaped, because they come straight
+    # from the kernel and may contain control characters.
     if value is None:
         return None
     if type(value) is str:
-        return fs_text(value)
+        if value.isascii():
+            return value
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return fs_text(value)
     if isinstance(value, (bytes, bytearray)):
         return fs_text(bytes(value))
     return str(value)

@@ -1,8 +1,11 @@
-"""File names as SQL text: a reversible rendering of names that are not UTF-8.
+"""File names and other raw kernel bytes as SQL text, in a reversible escaped form.
 
-SQLite text must be valid UTF-8, but a Linux file name is any byte string. A byte that
-is not part of valid UTF-8 is rendered as the four characters `\\xNN`, the way Python's
-`backslashreplace` error handler does, and `candidate_paths` reverses it for lookups.
+SQLite text must be valid UTF-8, but a Linux file name is any byte string and may
+contain control characters. `fs_text` writes a backslash as two backslashes, and a
+byte that is an ASCII control character or not part of valid UTF-8 as `\\xNN`.
+`path_bytes` reverses that exactly, so a name shown in a result can be typed back into
+a WHERE clause, two different names never render alike, and no name can move a
+terminal's cursor.
 """
 
 from __future__ import annotations
@@ -10,33 +13,41 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["fs_text", "candidate_paths"]
+__all__ = ["fs_text", "path_bytes"]
 
-_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
+_SPECIAL = re.compile(rb"[\x00-\x1f\x7f\\]")
+_CONTROL = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F]}
+_ESCAPE = re.compile(rb"\\(\\|x[0-9a-fA-F]{2})")
 
 
 def fs_text(name: bytes | str) -> str:
-    """Return a file name as valid UTF-8 text, escaping bytes that are not UTF-8."""
-    if isinstance(name, str):
-        try:
-            name.encode("utf-8")
-            return name
-        except UnicodeEncodeError:
-            name = os.fsencode(name)
-    return name.decode("utf-8", "backslashreplace")
+    """Return a file name as valid UTF-8 text, escaped as the module describes.
 
-
-def candidate_paths(text: str) -> list[bytes]:
-    """Return the byte paths that a path written as text may stand for.
-
-    The literal path comes first. When the text contains `\\xNN` escapes, the path
-    with those escapes turned back into bytes follows, so a name shown by `fs_text`
-    can be typed back into a WHERE clause.
+    A str is taken as the operating system gave it (undecodable bytes held as
+    surrogates, as `os.fsdecode` leaves them).
     """
-    literal = os.fsencode(text)
-    candidates = [literal]
-    if b"\\x" in literal:
-        decoded = _ESCAPE.sub(lambda match: bytes([int(match.group(1), 16)]), literal)
-        if decoded != literal:
-            candidates.append(decoded)
-    return candidates
+    if isinstance(name, str):
+        name = os.fsencode(name)
+    if _SPECIAL.search(name) is None:
+        try:
+            return name.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    escaped = name.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+    return escaped.translate(_CONTROL)
+
+
+def _unescape(match: re.Match[bytes]) -> bytes:
+    escape = match.group(1)
+    if escape == b"\\":
+        return b"\\"
+    return bytes([int(escape[1:], 16)])
+
+
+def path_bytes(text: str) -> bytes:
+    """Return the file name that `fs_text` rendered as `text`.
+
+    A backslash that starts neither `\\\\` nor `\\xNN` is kept as it is, so a name
+    typed by hand with a lone backslash still finds its file.
+    """
+    return _ESCAPE.sub(_unescape, os.fsencode(text))

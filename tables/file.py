@@ -1,7 +1,7 @@
 """The file and hash tables: stat(2) details and digests of the paths a query names.
 
 Linux file names are byte strings, so every path here is bytes. A path written in
-a WHERE clause goes through `candidate_paths` to find the bytes it stands for, and
+a WHERE clause goes through `path_bytes` to find the bytes it stands for, and
 path columns are returned as bytes, which the engine renders with `fs_text`. A name
 shown in a result therefore finds the same file when typed back into `path = '...'`.
 """
@@ -25,7 +25,7 @@ from sensor.schema import (
     Table,
     TableSchema,
 )
-from sensor.text import candidate_paths
+from sensor.text import path_bytes
 
 __all__ = ["TABLES", "expand_pattern"]
 
@@ -106,11 +106,9 @@ _MAX_RECURSION_DEPTH = 64
 
 
 def _existing_path(text: str) -> bytes | None:
-    """Return the first byte path that the text may stand for and that exists."""
-    for candidate in candidate_paths(text):
-        if os.path.lexists(candidate):
-            return candidate
-    return None
+    """Return the byte path that the text stands for, or None if it does not exist."""
+    path = path_bytes(text)
+    return path if os.path.lexists(path) else None
 
 
 def _glob_pattern(pattern: bytes) -> bytes:
@@ -153,18 +151,15 @@ def expand_pattern(pattern: str, directories_only: bool = False) -> list[bytes]:
     match only a pattern that spells the dot, as with glob(3).
     """
     results: list[bytes] = []
-    for candidate in candidate_paths(pattern):
-        recursive = candidate.endswith(b"%%")
-        if recursive:
-            candidate = candidate[:-1]
-        matches = sorted(glob.glob(_glob_pattern(candidate)))
-        visited: set[tuple[int, int]] = set()
-        for match in matches:
-            results.append(match)
-            if recursive and os.path.isdir(match):
-                results.extend(_walk(match, visited, 0))
-        if results:
-            break
+    candidate = path_bytes(pattern)
+    recursive = candidate.endswith(b"%%")
+    if recursive:
+        candidate = candidate[:-1]
+    visited: set[tuple[int, int]] = set()
+    for match in sorted(glob.glob(_glob_pattern(candidate))):
+        results.append(match)
+        if recursive and os.path.isdir(match):
+            results.extend(_walk(match, visited, 0))
     if directories_only:
         results = [path for path in results if os.path.isdir(path)]
     return results

@@ -26,6 +26,7 @@ from sensor.schema import (
     Table,
     TableSchema,
 )
+from sensor.text import fs_text
 
 __all__ = ["PROC_ROOT", "SCHEMA", "TABLES", "generate"]
 
@@ -204,7 +205,7 @@ def _read_process(pid: int, plan: _Plan, check_leader: bool) -> dict[str, Any] |
     if plan.cmdline:
         cmdline = _read_file(prefix + "cmdline")
         if cmdline is not None:
-            row["cmdline"] = _text(cmdline.replace(b"\0", b" ").strip())
+            row["cmdline"] = fs_text(cmdline.replace(b"\0", b" ").strip())
     if plan.io:
         io = _read_file(prefix + "io")
         if io is not None:
@@ -212,7 +213,7 @@ def _read_process(pid: int, plan: _Plan, check_leader: bool) -> dict[str, Any] |
     if plan.cgroup:
         cgroup = _read_file(prefix + "cgroup")
         if cgroup is not None:
-            row["cgroup_path"] = _text(_parse_cgroup(cgroup))
+            row["cgroup_path"] = fs_text(_parse_cgroup(cgroup))
 
     if plan.exe:
         _read_exe(row, prefix)
@@ -265,7 +266,7 @@ def _read_link(path: str) -> str | None:
     readlink fails with ENOENT for them. osquery reports "" in that case.
     """
     try:
-        return _text(os.readlink(os.fsencode(path)))
+        return fs_text(os.readlink(os.fsencode(path)))
     except FileNotFoundError:
         return ""
     except OSError:
@@ -317,8 +318,8 @@ def _parse_stat(row: dict[str, Any], stat: bytes, boot_time: int | None) -> bool
     if len(fields) < 21:
         return False
 
-    row["name"] = _text(stat[open_at + 1 : close_at])
-    row["state"] = _text(fields[0])
+    row["name"] = fs_text(stat[open_at + 1 : close_at])
+    row["state"] = fs_text(fields[0])
     row["parent"] = int(fields[1])
     row["pgroup"] = int(fields[2])
     # utime and stime count clock ticks (sysconf(_SC_CLK_TCK) per second).
@@ -397,12 +398,6 @@ def _parse_io(row: dict[str, Any], io: bytes) -> None:
     if words[8:14:2] == _IO_NAMES:
         row["disk_bytes_read"] = int(words[9])
         row["disk_bytes_written"] = int(words[11]) - int(words[13])
-
-
-def _text(data: bytes) -> str:
-    # The table declares typed_rows, so text leaves it as valid UTF-8, with bytes
-    # that are not UTF-8 escaped as sensor.text.fs_text does.
-    return data.decode("utf-8", "backslashreplace")
 
 
 def _parse_cgroup(cgroup: bytes) -> bytes:

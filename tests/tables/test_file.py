@@ -320,3 +320,19 @@ def test_hash_requires_path_or_directory(engine):
         engine.execute("SELECT md5 FROM hash")
     assert "path" in str(error.value)
     assert "directory" in str(error.value)
+
+
+def test_escaped_and_literal_names_stay_apart(engine, tmp_path):
+    raw = os.path.join(os.fsencode(tmp_path), b"bad\xff\xfename")
+    literal = os.path.join(os.fsencode(tmp_path), b"bad\\xff\\xfename")
+    for path, content in ((raw, b"raw"), (literal, b"literal")):
+        with open(path, "wb") as stream:
+            stream.write(content)
+
+    listed = engine.execute(f"SELECT path, size FROM file WHERE directory = '{tmp_path}'")
+    assert len({path for path, _ in listed.rows}) == 2
+    for path, size in listed.rows:
+        found = engine.execute("SELECT size FROM file WHERE path = ?", (path,)).rows
+        assert found == [(size,)]
+    sizes = sorted(size for _, size in listed.rows)
+    assert sizes == [3, 7]
