@@ -15,7 +15,7 @@ import apsw
 from sensor.errors import QueryError
 from sensor.registry import TABLE_MODULES, load_table
 from sensor.schema import BIGINT, INTEGER, QueryContext, Table, TableSchema
-from sensor.text import fs_text
+from sensor.text import fs_text, sql_text
 
 __all__ = ["Engine", "QueryResult"]
 
@@ -88,6 +88,7 @@ class Engine:
         only the events that this scope has not seen, and the result's `marks` hold
         the newest one per table.
         """
+        sql = sql_text(sql)
         self.scope = scope
         self.tables_read = set()
         self.pending_marks = {}

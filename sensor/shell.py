@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 import apsw
 
@@ -13,6 +13,7 @@ from sensor.engine import Engine
 from sensor.errors import QueryError
 from sensor.output import MODES, render
 from sensor.registry import table_names
+from sensor.text import sql_text
 
 __all__ = ["Shell"]
 
@@ -73,12 +74,22 @@ class Shell:
         if interactive or self.prompt_input is not None:
             self._run_interactive()
         else:
-            for line in self.stdin:
+            for line in self._input_lines():
                 if not self.feed(line.rstrip("\n")):
                     break
             if self.buffer.strip():
                 self.feed(";")
         return 1 if self.errors and not self.stdin.isatty() else 0
+
+    def _input_lines(self) -> Iterator[str]:
+        # Piped input may hold bytes that are not UTF-8, such as a file name typed
+        # raw; they become surrogates here, which the engine writes as \xNN.
+        stream = getattr(self.stdin, "buffer", None)
+        if stream is None:
+            yield from self.stdin
+            return
+        for line in stream:
+            yield line.decode("utf-8", "surrogateescape")
 
     def _run_interactive(self) -> None:
         from prompt_toolkit import PromptSession
@@ -114,6 +125,7 @@ class Shell:
 
     def feed(self, line: str) -> bool:
         """Take one line of input; return False when the shell should stop."""
+        line = sql_text(line)
         stripped = line.strip()
         if not self.buffer and stripped.startswith("."):
             return self._meta(stripped)

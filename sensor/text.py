@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["fs_text", "path_bytes"]
+__all__ = ["fs_text", "path_bytes", "sql_text"]
 
 _SPECIAL = re.compile(rb"[\x00-\x1f\x7f\\]")
 _CONTROL = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F]}
@@ -51,3 +51,17 @@ def path_bytes(text: str) -> bytes:
     typed by hand with a lone backslash still finds its file.
     """
     return _ESCAPE.sub(_unescape, os.fsencode(text))
+
+
+def sql_text(text: str) -> str:
+    """Return SQL text with undecodable bytes, held as surrogates, written as `\\xNN`.
+
+    A shell passes bytes that are not UTF-8 in a command-line argument through as
+    surrogates, which SQLite cannot take. Only those bytes are rewritten, so the rest
+    of the statement keeps its backslashes.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")

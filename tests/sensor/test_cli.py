@@ -1,6 +1,7 @@
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -61,3 +62,26 @@ def test_query_help_lists_tables():
 def test_modes_are_exclusive():
     completed = sensor("query", "--json", "--csv", "SELECT 1")
     assert completed.returncode == 2
+
+
+def test_raw_non_utf8_bytes_in_sql(tmp_path):
+    name = os.path.join(os.fsencode(tmp_path), b"bad\xff\xfename")
+    with open(name, "wb") as stream:
+        stream.write(b"12345")
+    sql = b"SELECT size FROM file WHERE path = '" + name + b"'"
+    completed = subprocess.run(
+        [sys.executable, "-m", "sensor.cli", "query", "--json", sql],
+        capture_output=True,
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout) == [{"size": 5}]
+
+    piped = subprocess.run(
+        [sys.executable, "-m", "sensor.cli", "shell"],
+        input=b".mode json\n" + sql + b";\n",
+        capture_output=True,
+        timeout=60,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert json.loads(piped.stdout) == [{"size": 5}]
