@@ -5,15 +5,35 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from typing import Any, Sequence
 
-__all__ = ["MODES", "render"]
+from sensor.text import fs_text
+
+__all__ = ["MODES", "json_value", "render"]
 
 MODES = ("pretty", "line", "csv", "json", "list")
 
 
+def json_value(value: Any) -> Any:
+    """Return a SQL value as JSON can hold it.
+
+    A BLOB becomes escaped text as `sensor.text.fs_text` writes it, and an infinite
+    or NaN float becomes its text ("inf", "nan"), which strict JSON parsers accept.
+    """
+    if isinstance(value, bytes):
+        return fs_text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
 def _cell(value: Any) -> str:
-    return "" if value is None else str(value)
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return fs_text(value)
+    return str(value)
 
 
 def _pretty(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -52,8 +72,10 @@ def _csv(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _json(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    objects = [dict(zip(columns, row)) for row in rows]
-    return json.dumps(objects, indent=2, ensure_ascii=False)
+    objects = [
+        {name: json_value(value) for name, value in zip(columns, row)} for row in rows
+    ]
+    return json.dumps(objects, indent=2, ensure_ascii=False, allow_nan=False)
 
 
 def _list(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

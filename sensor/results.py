@@ -14,6 +14,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from sensor.output import json_value
+
 __all__ = ["Diff", "diff_rows", "format_rows", "format_snapshot"]
 
 Row = Mapping[str, Any]
@@ -48,6 +50,7 @@ def _columns(row: Row, numerics: bool) -> dict[str, Any]:
     # and NULL as an empty string.
     columns = {}
     for name, value in row.items():
+        value = json_value(value)
         if value is None:
             columns[name] = ""
         elif numerics and isinstance(value, (int, float)):
@@ -87,7 +90,7 @@ def format_rows(
     for action, rows in (("removed", diff.removed), ("added", diff.added)):
         for row in rows:
             line = {**header, "columns": _columns(row, numerics), "action": action}
-            lines.append(json.dumps(line, ensure_ascii=False))
+            lines.append(json.dumps(line, ensure_ascii=False, allow_nan=False))
     return lines
 
 
@@ -108,4 +111,4 @@ def format_snapshot(
         "snapshot": [_columns(row, numerics) for row in rows],
         "action": "snapshot",
     }
-    return json.dumps(line, ensure_ascii=False)
+    return json.dumps(line, ensure_ascii=False, allow_nan=False)

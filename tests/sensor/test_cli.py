@@ -85,3 +85,9 @@ def test_raw_non_utf8_bytes_in_sql(tmp_path):
     )
     assert piped.returncode == 0, piped.stderr
     assert json.loads(piped.stdout) == [{"size": 5}]
+
+
+def test_json_blob_and_infinity():
+    completed = sensor("query", "--json", "SELECT x'ff00' AS b, 1e400 AS f")
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout) == [{"b": "\\xff\\x00", "f": "inf"}]

@@ -72,3 +72,11 @@ def test_escaped_file_names_stay_json():
     diff = Diff(added=[{"path": "/tmp/caf\\xe9"}], removed=[])
     (line,) = format_rows("f", diff, **HEADER)
     assert json.loads(line)["columns"]["path"] == "/tmp/caf\\xe9"
+
+
+def test_blob_and_infinity_stay_valid_json():
+    diff = Diff(added=[{"b": b"\xff\x00", "f": float("inf")}], removed=[])
+    for numerics in (False, True):
+        (line,) = format_rows("f", diff, **{**HEADER, "numerics": numerics})
+        columns = json.loads(line)["columns"]
+        assert columns == {"b": "\\xff\\x00", "f": "inf"}
