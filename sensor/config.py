@@ -92,7 +92,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except OSError as error:
-        raise ConfigError(f"{path}: cannot read config file: {error.strerror}") from None
+        raise ConfigError(
+            f"{path}: cannot read config file: {error.strerror}"
+        ) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: invalid TOML: {error}") from None
     return parse_config(document, path)
@@ -103,12 +105,16 @@ def parse_config(document: Mapping[str, Any], path: str = "config.toml") -> Conf
     for section in document:
         if section not in _SECTIONS:
             expected = ", ".join(_SECTIONS)
-            raise ConfigError(f"{path}: unknown section [{section}]; expected {expected}")
+            raise ConfigError(
+                f"{path}: unknown section [{section}]; expected {expected}"
+            )
     base = os.path.dirname(os.path.abspath(path))
     return Config(
         path=path,
         options=_parse_options(_table(document, "options", path), base, path),
-        file_paths=_parse_patterns(_table(document, "file_paths", path), "file_paths", path),
+        file_paths=_parse_patterns(
+            _table(document, "file_paths", path), "file_paths", path
+        ),
         exclude_paths=_parse_patterns(
             _table(document, "exclude_paths", path), "exclude_paths", path
         ),
@@ -131,11 +137,15 @@ def _type_name(value: Any) -> str:
 
 def _check_type(value: Any, expected: type, key: str, path: str) -> None:
     # bool is a subclass of int, so an integer option must reject true and false.
-    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+    if isinstance(value, expected) and not (
+        expected is int and isinstance(value, bool)
+    ):
         return
     wanted = _type_name(expected())
     article = "an" if wanted[0] in "aeiou" else "a"
-    raise ConfigError(f"{path}: {key} must be {article} {wanted}, got {_type_name(value)}")
+    raise ConfigError(
+        f"{path}: {key} must be {article} {wanted}, got {_type_name(value)}"
+    )
 
 
 def _parse_options(table: Mapping[str, Any], base: str, path: str) -> Options:
@@ -150,7 +160,9 @@ def _parse_options(table: Mapping[str, Any], base: str, path: str) -> Options:
 
     for key in ("events_expiry", "events_max"):
         if values[key] <= 0:
-            raise ConfigError(f"{path}: options.{key} must be positive, got {values[key]}")
+            raise ConfigError(
+                f"{path}: options.{key} must be positive, got {values[key]}"
+            )
     if values["host_identifier"] not in _HOST_IDENTIFIERS:
         allowed = ", ".join(_HOST_IDENTIFIERS)
         raise ConfigError(
@@ -193,7 +205,9 @@ def _parse_patterns(
             try:
                 parse_pattern(pattern)
             except ValueError as error:
-                raise ConfigError(f"{path}: {key}: invalid pattern {pattern!r}: {error}") from None
+                raise ConfigError(
+                    f"{path}: {key}: invalid pattern {pattern!r}: {error}"
+                ) from None
         categories[category] = tuple(patterns)
     return categories
 
@@ -203,11 +217,15 @@ def _parse_schedule(table: Mapping[str, Any], path: str) -> dict[str, ScheduledQ
     for name, entry in table.items():
         prefix = f"schedule.{name}"
         if not isinstance(entry, dict):
-            raise ConfigError(f"{path}: {prefix} must be a table, got {_type_name(entry)}")
+            raise ConfigError(
+                f"{path}: {prefix} must be a table, got {_type_name(entry)}"
+            )
         for key, value in entry.items():
             if key not in _QUERY_KEYS:
                 allowed = ", ".join(_QUERY_KEYS)
-                raise ConfigError(f"{path}: unknown key {prefix}.{key}; expected {allowed}")
+                raise ConfigError(
+                    f"{path}: unknown key {prefix}.{key}; expected {allowed}"
+                )
             _check_type(value, _QUERY_KEYS[key], f"{prefix}.{key}", path)
         for key in ("query", "interval"):
             if key not in entry:

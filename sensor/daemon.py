@@ -114,7 +114,9 @@ async def _start_sources(
             # One broken source must not stop the others: the error is logged and
             # shown in sensor_events, and the daemon carries on without it.
             log.error("publisher %s failed to start: %s", publisher.name, error)
-            snapshot = dataclasses.replace(publisher.statistics(), last_error=str(error))
+            snapshot = dataclasses.replace(
+                publisher.statistics(), last_error=str(error)
+            )
             statistics.failed[publisher.name] = snapshot
             continue
         statistics.components.append(publisher)
@@ -134,37 +136,68 @@ async def serve(config: Config) -> None:
     Shutdown goes in order: publishers stop reading the kernel, subscribers store
     what is still queued, then the scheduler and the statistics task stop.
     """
-    options = config.options
-    store = Store(options.database_path)
-    engine = Engine(Store(options.database_path))
-    loggers = open_loggers(options)
-    statistics = _Statistics(store)
-    scheduler = Scheduler(config, engine, loggers, host_identifier(options))
-
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as services:
-            async with trio.open_nursery() as subscribers:
-                async with trio.open_nursery() as publishers:
-                    channels = await _start_sources(
-                        publishers, subscribers, config, store, statistics
-                    )
-                    services.start_soon(statistics.run)
-                    await services.start(scheduler.run)
-                    log.info(
-                        "sensor started: %d scheduled queries, database %s",
-                        len(config.schedule),
-                        options.database_path,
-                    )
-                    await _wait_for_signal(signals)
-                    publishers.cancel_scope.cancel()
-                for send in channels:
-                    send.close()
-                subscribers.cancel_scope.deadline = trio.current_time() + DRAIN_TIMEOUT
-            services.cancel_scope.cancel()
-
-    statistics.flush()
-    for logger in loggers:
-        logger.close()
-    engine.store.close()
-    store.close()
+    # trio re-sends a signal that arrived but was not read once its receiver
+    # closes, using the handler that was in place before. A supervisor such as
+    # timeout(1) often sends SIGTERM twice, so that handler ignores the signal,
+    # and a repeat during shutdown cannot kill the daemon with status 143.
+    previous = {
+        signum: signal.signal(signum, signal.SIG_IGN)
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    daemon = _Daemon(config)
+    try:
+        await daemon.run()
+    finally:
+        daemon.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     log.info("sensor stopped")
+
+
+class _Daemon:
+    """The daemon's open resources and its task tree."""
+
+    def __init__(self, config: Config):
+        options = config.options
+        self.config = config
+        self.store = Store(options.database_path)
+        self.engine = Engine(Store(options.database_path))
+        self.loggers = open_loggers(options)
+        self.statistics = _Statistics(self.store)
+        self.scheduler = Scheduler(
+            config, self.engine, self.loggers, host_identifier(options)
+        )
+
+    async def run(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as services:
+                async with trio.open_nursery() as subscribers:
+                    async with trio.open_nursery() as publishers:
+                        channels = await _start_sources(
+                            publishers,
+                            subscribers,
+                            self.config,
+                            self.store,
+                            self.statistics,
+                        )
+                        services.start_soon(self.statistics.run)
+                        await services.start(self.scheduler.run)
+                        log.info(
+                            "sensor started: %d scheduled queries, database %s",
+                            len(self.config.schedule),
+                            self.config.options.database_path,
+                        )
+                        await _wait_for_signal(signals)
+                        publishers.cancel_scope.cancel()
+                    for send in channels:
+                        send.close()
+                    deadline = trio.current_time() + DRAIN_TIMEOUT
+                    subscribers.cancel_scope.deadline = deadline
+                services.cancel_scope.cancel()
+
+    def close(self) -> None:
+        self.statistics.flush()
+        for logger in self.loggers:
+            logger.close()
+        self.engine.store.close()
+        self.store.close()

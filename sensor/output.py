@@ -58,7 +58,9 @@ def _line(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     width = max((len(name) for name in columns), default=0)
     blocks = []
     for row in rows:
-        block = [f"{name.rjust(width)} = {_cell(value)}" for name, value in zip(columns, row)]
+        block = [
+            f"{name.rjust(width)} = {_cell(value)}" for name, value in zip(columns, row)
+        ]
         blocks.append("\n".join(block))
     return "\n\n".join(blocks)
 

@@ -36,7 +36,9 @@ def diff_rows(previous: Iterable[Row], current: Iterable[Row]) -> Diff:
     before = Counter(_key(row) for row in previous)
     after = Counter(_key(row) for row in current)
     added = [dict(key) for key, count in (after - before).items() for _ in range(count)]
-    removed = [dict(key) for key, count in (before - after).items() for _ in range(count)]
+    removed = [
+        dict(key) for key, count in (before - after).items() for _ in range(count)
+    ]
     return Diff(added=added, removed=removed)
 
 

@@ -157,7 +157,9 @@ class Shell:
 
     def _all(self, argument: str) -> bool:
         if argument not in table_names():
-            self.error(f"no such table: {argument or '(none given)'}; usage: .all TABLE")
+            self.error(
+                f"no such table: {argument or '(none given)'}; usage: .all TABLE"
+            )
             return True
         self.execute(f"SELECT * FROM {argument};")
         return True

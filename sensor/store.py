@@ -67,7 +67,9 @@ class Store:
             with self.connection:
                 self.connection.execute(_SCHEMA)
         except (OSError, apsw.Error) as error:
-            raise ConfigError(f"database_path {self.path}: cannot open: {error}") from None
+            raise ConfigError(
+                f"database_path {self.path}: cannot open: {error}"
+            ) from None
 
     def close(self) -> None:
         self.connection.close()
@@ -158,7 +160,10 @@ class Store:
         with self.connection:
             self.connection.executemany(
                 "INSERT OR REPLACE INTO marks (scope, subscriber, eid) VALUES (?, ?, ?)",
-                [(scope, subscriber, eid) for (scope, subscriber), eid in marks.items()],
+                [
+                    (scope, subscriber, eid)
+                    for (scope, subscriber), eid in marks.items()
+                ],
             )
 
     # Results of the previous run of each scheduled query, for differential logging.
@@ -211,4 +216,6 @@ class Store:
         rows = self.connection.execute(
             "SELECT payload FROM statistics ORDER BY kind, name"
         ).fetchall()
-        return [Statistics(**msgpack.unpackb(payload, raw=False)) for (payload,) in rows]
+        return [
+            Statistics(**msgpack.unpackb(payload, raw=False)) for (payload,) in rows
+        ]

@@ -39,7 +39,8 @@ def generate(context: QueryContext) -> Iterator[Row]:
         return
     for snapshot in context.store.load_statistics():
         reasons = ",".join(
-            f"{reason}={count}" for reason, count in sorted(snapshot.drop_reasons.items())
+            f"{reason}={count}"
+            for reason, count in sorted(snapshot.drop_reasons.items())
         )
         yield {
             "name": snapshot.name,

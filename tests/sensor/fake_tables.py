@@ -47,7 +47,9 @@ TABLES = [Table(NUMBERS, generate_numbers), Table(FILES, generate_files)]
 # Rows of test_items; tests change this list between scheduled runs.
 ITEMS = []
 
-ITEMS_SCHEMA = TableSchema("test_items", "Rows taken from ITEMS", (Column("item", TEXT),))
+ITEMS_SCHEMA = TableSchema(
+    "test_items", "Rows taken from ITEMS", (Column("item", TEXT),)
+)
 
 EVENTS_SCHEMA = TableSchema(
     "test_events",

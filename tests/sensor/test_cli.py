@@ -37,7 +37,10 @@ def test_query_json_keeps_types():
 
 def test_query_csv():
     completed = sensor("query", "--csv", SQL)
-    assert list(csv.reader(io.StringIO(completed.stdout))) == [["n", "s", "z"], ["1", "a b", ""]]
+    assert list(csv.reader(io.StringIO(completed.stdout))) == [
+        ["n", "s", "z"],
+        ["1", "a b", ""],
+    ]
 
 
 def test_query_line():

@@ -52,17 +52,29 @@ def test_defaults_apply(tmp_path):
     "text, expected",
     [
         ("[options]\nbogus = 1\n", "unknown option options.bogus"),
-        ("[options]\nevents_expiry = 'x'\n", "options.events_expiry must be an integer"),
+        (
+            "[options]\nevents_expiry = 'x'\n",
+            "options.events_expiry must be an integer",
+        ),
         ("[options]\nevents_max = true\n", "options.events_max must be an integer"),
         ("[options]\nevents_max = 0\n", "options.events_max must be positive"),
-        ("[options]\nhost_identifier = 'mac'\n", "options.host_identifier must be one of"),
+        (
+            "[options]\nhost_identifier = 'mac'\n",
+            "options.host_identifier must be one of",
+        ),
         ("[options]\nlogger_plugin = 'kafka'\n", "unknown plugin 'kafka'"),
         ("[bogus]\n", "unknown section [bogus]"),
         ("[file_paths]\netc = '/etc/**'\n", "file_paths.etc must be an array"),
-        ("[file_paths]\netc = ['etc/**']\n", "file_paths.etc: invalid pattern 'etc/**'"),
+        (
+            "[file_paths]\netc = ['etc/**']\n",
+            "file_paths.etc: invalid pattern 'etc/**'",
+        ),
         ("[file_paths]\netc = ['/etc/%%/x']\n", "file_paths.etc: invalid pattern"),
         ("[schedule.p]\nquery = 'SELECT 1'\n", "schedule.p.interval is missing"),
-        ("[schedule.p]\nquery = 'SELECT 1'\ninterval = 0\n", "schedule.p.interval must be"),
+        (
+            "[schedule.p]\nquery = 'SELECT 1'\ninterval = 0\n",
+            "schedule.p.interval must be",
+        ),
         ("[schedule.p]\nquery = 'SELECT 1'\ninterval = 1\nfoo = 2\n", "schedule.p.foo"),
         ("[options\n", "invalid TOML"),
     ],
@@ -82,11 +94,18 @@ def test_missing_file(tmp_path):
 
 @pytest.mark.parametrize(
     "text",
-    ["[options]\nbogus = 1\n", "[file_paths]\nx = ['rel']\n", "[options]\nevents_max = 'a'\n"],
+    [
+        "[options]\nbogus = 1\n",
+        "[file_paths]\nx = ['rel']\n",
+        "[options]\nevents_max = 'a'\n",
+    ],
 )
 def test_bad_config_exits_2_with_one_line(tmp_path, text):
     path = write(tmp_path, text)
-    for command in (["run", "--config", str(path)], ["query", "--config", str(path), "SELECT 1"]):
+    for command in (
+        ["run", "--config", str(path)],
+        ["query", "--config", str(path), "SELECT 1"],
+    ):
         completed = subprocess.run(
             [sys.executable, "-m", "sensor.cli", *command],
             capture_output=True,
@@ -100,7 +119,14 @@ def test_bad_config_exits_2_with_one_line(tmp_path, text):
 
 def test_missing_config_exits_2(tmp_path):
     completed = subprocess.run(
-        [sys.executable, "-m", "sensor.cli", "run", "--config", str(tmp_path / "no.toml")],
+        [
+            sys.executable,
+            "-m",
+            "sensor.cli",
+            "run",
+            "--config",
+            str(tmp_path / "no.toml"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,

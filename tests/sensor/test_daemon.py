@@ -97,7 +97,10 @@ def marked_lines(log_path, action, pid):
 def query_events(config):
     completed = subprocess.run(
         sensor_command(
-            "query", "--config", str(config), "--json",
+            "query",
+            "--config",
+            str(config),
+            "--json",
             "SELECT target_path, action FROM file_events",
         ),
         capture_output=True,
@@ -154,7 +157,9 @@ def test_daemon_end_to_end(daemon_config):
     finally:
         status = restarted.stop()
     assert status == 0, restarted.process.stderr.read()
-    assert [line for line in read_lines(log_path) if line["name"] == "alive"] == baseline
+    assert [
+        line for line in read_lines(log_path) if line["name"] == "alive"
+    ] == baseline
     paths = [event["target_path"] for event in query_events(config)]
     assert str(target) in paths
 
@@ -168,3 +173,19 @@ def _alive_counter(config):
     finally:
         store.close()
     return previous[1] if previous else -1
+
+
+def test_repeated_sigterm_still_exits_zero(daemon_config):
+    # Supervisors such as timeout(1) signal the daemon and then its process
+    # group, so a second SIGTERM often arrives while the first is handled.
+    config, _, _, log_path = daemon_config
+    daemon = Daemon(config)
+    try:
+        wait_for(lambda: read_lines(log_path), "the first result line")
+        daemon.process.send_signal(signal.SIGTERM)
+        daemon.process.send_signal(signal.SIGTERM)
+    finally:
+        status = daemon.stop()
+    stderr = daemon.process.stderr.read()
+    assert status == 0, stderr
+    assert "sensor stopped" in stderr

@@ -14,13 +14,17 @@ def test_split_matches_single_scan():
 
 def test_small_input_stays_here():
     parent = os.getpid()
-    result = scan_split([1, 2, 3], lambda items: [os.getpid() for _ in items], minimum=10)
+    result = scan_split(
+        [1, 2, 3], lambda items: [os.getpid() for _ in items], minimum=10
+    )
     assert result == [parent, parent, parent]
 
 
 def test_child_half_runs_elsewhere():
     parent = os.getpid()
-    result = scan_split(list(range(10)), lambda items: [os.getpid() for _ in items], minimum=0)
+    result = scan_split(
+        list(range(10)), lambda items: [os.getpid() for _ in items], minimum=0
+    )
     assert result[:5] == [parent] * 5
     assert parent not in result[5:]
 

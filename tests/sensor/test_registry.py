@@ -9,7 +9,9 @@ from sensor.engine import Engine
 from sensor.registry import TABLE_MODULES, load_table, table_names
 from sensor.schema import BIGINT, DOUBLE, INTEGER, TEXT
 
-REFERENCE = pathlib.Path(__file__).parents[1] / "data/reference/osquery-linux-tables.json"
+REFERENCE = (
+    pathlib.Path(__file__).parents[1] / "data/reference/osquery-linux-tables.json"
+)
 # Tables of sensor's own that osquery does not have.
 OWN_TABLES = {"sensor_events"}
 # Constraints that make a table with required columns return rows.
@@ -34,7 +36,9 @@ def test_columns_match_osquery(name):
         for column in reference_tables()[name]["columns"]
         if column is not None
     ]
-    declared = [(column.name, column.type) for column in load_table(name).schema.columns]
+    declared = [
+        (column.name, column.type) for column in load_table(name).schema.columns
+    ]
     assert declared == expected
 
 
@@ -53,4 +57,6 @@ def test_select_star_has_declared_types(name):
                 continue
             assert type(value) is PYTHON_TYPES[column.type], (name, column.name, value)
             if column.unsupported:
-                pytest.fail(f"{name}.{column.name} is declared unsupported but has {value!r}")
+                pytest.fail(
+                    f"{name}.{column.name} is declared unsupported but has {value!r}"
+                )

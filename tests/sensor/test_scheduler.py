@@ -74,7 +74,12 @@ def test_restart_does_not_log_baseline_again(tmp_path, items):
 def test_changed_sql_starts_over(tmp_path, items):
     scheduler, logger = make_scheduler(tmp_path, ITEMS_QUERY)
     scheduler.execute(scheduler.config.schedule["items"])
-    changed = {"items": {"query": "SELECT item FROM test_items WHERE item = 'a'", "interval": 1}}
+    changed = {
+        "items": {
+            "query": "SELECT item FROM test_items WHERE item = 'a'",
+            "interval": 1,
+        }
+    }
     restarted, logger = make_scheduler(tmp_path, changed)
     restarted.execute(restarted.config.schedule["items"])
     assert actions(logger.lines) == [("added", "a")]

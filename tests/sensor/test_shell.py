@@ -13,7 +13,9 @@ from sensor.shell import Shell
 
 def run_lines(*lines, engine=None):
     stdout = io.StringIO()
-    shell = Shell(engine or Engine(), stdin=io.StringIO("\n".join(lines) + "\n"), stdout=stdout)
+    shell = Shell(
+        engine or Engine(), stdin=io.StringIO("\n".join(lines) + "\n"), stdout=stdout
+    )
     status = shell.run()
     return status, stdout.getvalue()
 
@@ -34,14 +36,18 @@ def test_bad_statement_prints_one_error_and_goes_on():
 
 
 def test_mode_json_and_line():
-    _, output = run_lines(".mode json", "SELECT 1 AS a;", ".mode line", "SELECT 2 AS b;")
+    _, output = run_lines(
+        ".mode json", "SELECT 1 AS a;", ".mode line", "SELECT 2 AS b;"
+    )
     json_text, line_text = output.split("]\n")
     assert json.loads(json_text + "]") == [{"a": 1}]
     assert line_text.strip() == "b = 2"
 
 
 def test_mode_csv_and_list():
-    _, output = run_lines(".mode csv", "SELECT 1 AS a, 'x,y' AS b;", ".mode list", "SELECT 3 AS c;")
+    _, output = run_lines(
+        ".mode csv", "SELECT 1 AS a, 'x,y' AS b;", ".mode list", "SELECT 3 AS c;"
+    )
     assert output.splitlines() == ["a,b", '1,"x,y"', "c", "3"]
 
 
@@ -85,7 +91,9 @@ def test_timer_prints_run_time():
 
 def test_unknown_meta_command():
     _, output = run_lines(".frobnicate")
-    assert output.strip() == "Error: unknown command .frobnicate; enter .help for the list"
+    assert (
+        output.strip() == "Error: unknown command .frobnicate; enter .help for the list"
+    )
 
 
 def test_quit_stops_reading():

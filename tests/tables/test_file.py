@@ -329,7 +329,9 @@ def test_escaped_and_literal_names_stay_apart(engine, tmp_path):
         with open(path, "wb") as stream:
             stream.write(content)
 
-    listed = engine.execute(f"SELECT path, size FROM file WHERE directory = '{tmp_path}'")
+    listed = engine.execute(
+        f"SELECT path, size FROM file WHERE directory = '{tmp_path}'"
+    )
     assert len({path for path, _ in listed.rows}) == 2
     for path, size in listed.rows:
         found = engine.execute("SELECT size FROM file WHERE path = ?", (path,)).rows
