@@ -8,6 +8,7 @@ shown in a result therefore finds the same file when typed back into `path = '..
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import os
@@ -282,18 +283,40 @@ def generate_file(context: QueryContext) -> Iterator[dict[str, Any]]:
 
 
 def hash_file(path: bytes, algorithms: Iterable[str]) -> dict[str, str] | None:
-    """Return hex digests of a file's content, or None when it cannot be read."""
+    """Return hex digests of a file's content, or None when it cannot be read.
+
+    Files of procfs and sysfs are not read, because some of them block or, like
+    /proc/kmsg, consume what they return. The file is opened non-blocking so that
+    no other special file can hang the query.
+    """
     hashers = {name: hashlib.new(name) for name in algorithms}
     if not hashers:
         return {}
     try:
-        with open(path, "rb") as file:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with open(fd, "rb") as file:
+        try:
+            if os.fstat(fd).st_dev in _pseudo_filesystem_devices():
+                return None
             while chunk := file.read(_CHUNK_SIZE):
                 for hasher in hashers.values():
                     hasher.update(chunk)
-    except OSError:
-        return None
+        except OSError:
+            return None
     return {name: hasher.hexdigest() for name, hasher in hashers.items()}
+
+
+@functools.cache
+def _pseudo_filesystem_devices() -> frozenset[int]:
+    devices = set()
+    for mount in ("/proc", "/sys"):
+        try:
+            devices.add(os.stat(mount).st_dev)
+        except OSError:
+            continue
+    return frozenset(devices)
 
 
 def generate_hash(context: QueryContext) -> Iterator[dict[str, Any]]:

@@ -303,6 +303,13 @@ def test_hash_unreadable_file_null_digests(engine):
     assert rows == {"/proc/self/mem": ("/proc/self", None, None, None)}
 
 
+def test_hash_skips_procfs_files(engine):
+    # procfs files are never read: some block and some, like /proc/kmsg, consume
+    # what they return. /proc/self/status stands in for them harmlessly.
+    rows = select_hash(engine, "path = '/proc/self/status'")
+    assert rows == {"/proc/self/status": ("/proc/self", None, None, None)}
+
+
 def test_hash_computes_only_used_digests(tree):
     context = QueryContext(
         constraints={"path": [("=", str(tree / "plain.txt"))]},
