@@ -25,6 +25,12 @@ mode) per reported entry suppresses the duplicate when IN_CREATE arrives as well
 The same snapshot reconciles state after an IN_Q_OVERFLOW: all patterns are walked
 again, watches re-added, and differences reported as CREATED, UPDATED,
 ATTRIBUTES_MODIFIED or DELETED.
+
+Lost events are counted per reason in `statistics()`: `queue_full` (the channel to the
+subscriber was full), `overflow` (the kernel queue overflowed), `watch_limit` and
+`watch_failed` (one per directory that could not be watched) and `parse_error` (one
+per read that could not be parsed). Each reason is also logged as a WARNING, at most
+once a minute, with the count since the previous warning.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from inotify_simple import INotify, flags
 from sensor.errors import PublisherError
 from sensor.events import Counters, Event, Statistics
 from sensor.paths import WatchPattern, nearest_directory, parse_pattern, scan_directory
+from sensor.ratelimit import LossWarnings
 from sensor.text import fs_text
 
 __all__ = ["InotifyPublisher", "RawEvent", "parse_events"]
@@ -57,8 +64,8 @@ _HEADER = struct.Struct("=iIII")
 # header plus NAME_MAX + 1 bytes.
 _READ_SIZE = 64 * 1024
 
-# At most one overflow or watch-failure warning per this many seconds.
-_WARNING_INTERVAL = 60
+# Seconds between checks for lost events that are counted but not logged yet.
+_FLUSH_INTERVAL = 10
 
 _ENTRY_MASK = (
     flags.CREATE
@@ -185,9 +192,7 @@ class InotifyPublisher:
         self._moves: dict[int, tuple[bytes, frozenset[tuple[int, int]], int]] = {}
         self._reads = 0
 
-        # Rate limiting of warnings, per drop reason.
-        self._last_warning: dict[str, float] = {}
-        self._unwarned: dict[str, int] = {}
+        self._warnings = LossWarnings(logger)
 
     def statistics(self) -> Statistics:
         if self._send is not None:
@@ -218,8 +223,12 @@ class InotifyPublisher:
                 len(self._rules),
             )
             task_status.started()
-            await self._read_loop(fd)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._flush_warnings)
+                await self._read_loop(fd)
+                nursery.cancel_scope.cancel()
         finally:
+            self._warnings.flush(self._clock(), force=True)
             trio.lowlevel.notify_closing(fd)
             self._inotify.close()
 
@@ -233,7 +242,7 @@ class InotifyPublisher:
             try:
                 raw_events = parse_events(data)
             except ValueError as error:
-                self._fail("parse_error", f"inotify: {error}")
+                self._fail("parse_error", 1, "inotify read skipped: %s", error)
                 continue
             batch, overflowed = self._process(raw_events)
             if not self._emit(batch.events):
@@ -246,17 +255,28 @@ class InotifyPublisher:
     def _emit(self, events: Iterable[Event]) -> bool:
         """Send events without blocking; return False when the receiver is gone."""
         assert self._send is not None
-        for event in events:
-            try:
-                self._send.send_nowait(event)
-            except trio.WouldBlock:
-                self._counters.drop("queue_full")
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                logger.info("inotify stopping: the file_events channel is closed")
-                return False
-            else:
-                self._counters.events += 1
+        dropped = 0
+        try:
+            for event in events:
+                try:
+                    self._send.send_nowait(event)
+                except trio.WouldBlock:
+                    dropped += 1
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    logger.info("inotify stopping: the file_events channel is closed")
+                    return False
+                else:
+                    self._counters.events += 1
+        finally:
+            if dropped:
+                message = "inotify dropped events because the event channel is full"
+                self._fail("queue_full", dropped, message)
         return True
+
+    async def _flush_warnings(self) -> None:
+        while True:
+            await trio.sleep(_FLUSH_INTERVAL)
+            self._warnings.flush(self._clock())
 
     # Turning one read into events
 
@@ -602,29 +622,31 @@ class InotifyPublisher:
 
     def _overflow(self) -> None:
         self._counters.overflows += 1
-        self._counters.drop("overflow")
-        self._counters.error(
-            "inotify event queue overflowed (fs.inotify.max_queued_events);"
-            " rescanning watched paths",
-            int(self._clock()),
-        )
-        self._warn(
-            "overflow", "inotify event queue overflowed: events lost, rescanning"
+        self._fail(
+            "overflow",
+            1,
+            "inotify event queue overflowed and events were lost, so watched paths"
+            " are rescanned (raise fs.inotify.max_queued_events)",
         )
 
     def _watch_failed(self, directory: bytes, error: OSError) -> None:
         if error.errno in (errno.ENOENT, errno.ENOTDIR):
             return  # Removed between listing and watching. Its parent reports that.
         if error.errno == errno.ENOSPC:
-            reason = "watch_limit"
-            message = (
-                f"inotify watch limit reached at {fs_text(directory)}:"
-                " raise fs.inotify.max_user_watches"
+            self._fail(
+                "watch_limit",
+                1,
+                "inotify watch limit reached at %s: raise fs.inotify.max_user_watches",
+                fs_text(directory),
             )
         else:
-            reason = "watch_failed"
-            message = f"inotify cannot watch {fs_text(directory)}: {error.strerror}"
-        self._fail(reason, message)
+            self._fail(
+                "watch_failed",
+                1,
+                "inotify cannot watch %s: %s",
+                fs_text(directory),
+                error.strerror,
+            )
 
     def _scan_failed(self, error: OSError) -> None:
         if error.errno not in (errno.ENOENT, errno.ENOTDIR):
@@ -635,20 +657,13 @@ class InotifyPublisher:
                 f"inotify cannot list {path}: {error.strerror}", int(self._clock())
             )
 
-    def _fail(self, reason: str, message: str) -> None:
-        self._counters.drop(reason)
-        self._counters.error(message, int(self._clock()))
-        self._warn(reason, message)
-
-    def _warn(self, reason: str, message: str) -> None:
-        """Log a WARNING at most once per interval per reason, with the count since."""
+    def _fail(self, reason: str, count: int, message: str, *args: object) -> None:
+        """Count `count` events lost for `reason`, record `message % args` as the last
+        error, and log it as a rate-limited WARNING."""
         now = self._clock()
-        self._unwarned[reason] = self._unwarned.get(reason, 0) + 1
-        if now - self._last_warning.get(reason, -_WARNING_INTERVAL) < _WARNING_INTERVAL:
-            return
-        logger.warning("%s (count=%d)", message, self._unwarned[reason])
-        self._last_warning[reason] = now
-        self._unwarned[reason] = 0
+        self._counters.drop(reason, count)
+        self._counters.error(message % args, int(now))
+        self._warnings.lost(reason, count, now, message, *args)
 
 
 def _parse(option: str, category: str, text: str) -> WatchPattern:

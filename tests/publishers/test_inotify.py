@@ -1,4 +1,7 @@
+import errno
+import logging
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -280,6 +283,116 @@ async def test_publisher_queue_full(tmp_path):
     assert receive.receive_nowait().action == "CREATED"
 
 
+def loss_warnings(caplog, reason):
+    """Return the (count, total) pairs of the WARNING lines logged for `reason`."""
+    pairs = []
+    for record in caplog.records:
+        message = record.getMessage()
+        found = re.search(r"\(reason=(\w+) count=(\d+) total=(\d+)\)$", message)
+        if record.levelno == logging.WARNING and found and found[1] == reason:
+            pairs.append((int(found[2]), int(found[3])))
+    return pairs
+
+
+async def test_publisher_queue_full_logged(tmp_path, caplog, autojump_clock):
+    caplog.set_level(logging.WARNING, logger="publishers.inotify")
+    start_time = 1_700_000_000
+    publisher = InotifyPublisher(
+        {"tmp": [f"{tmp_path}/%"]}, clock=lambda: start_time + trio.current_time()
+    )
+    send, receive = trio.open_memory_channel(1)
+
+    async def wait_dropped(count):
+        # The fake clock moves 0.01 s per poll, far from the 60 s interval.
+        for _ in range(TIMEOUT * 100):
+            if publisher.statistics().drop_reasons.get("queue_full", 0) >= count:
+                return
+            await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(publisher.run, send)
+        for index in range(5):
+            (tmp_path / f"f{index}").write_bytes(b"x")
+        await wait_dropped(9)
+        # The first drops are logged at once.
+        assert len(loss_warnings(caplog, "queue_full")) == 1
+
+        # A second burst within 60 s is counted but not logged.
+        for index in range(5, 10):
+            (tmp_path / f"f{index}").write_bytes(b"x")
+        await wait_dropped(19)
+        assert len(loss_warnings(caplog, "queue_full")) == 1
+
+        # Once 60 s have passed, the rest is logged without any further drop.
+        await trio.sleep(75)
+        warnings = loss_warnings(caplog, "queue_full")
+        assert len(warnings) == 2
+        nursery.cancel_scope.cancel()
+
+    assert publisher.statistics().drop_reasons == {"queue_full": 19}
+    assert sum(count for count, _ in warnings) == 19
+    assert warnings[-1][1] == 19
+    assert loss_warnings(caplog, "queue_full") == warnings
+    assert "event channel is full" in caplog.records[0].getMessage()
+    assert "event channel is full" in publisher.statistics().last_error
+
+
+async def test_publisher_stop_logs_unlogged_drops(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="publishers.inotify")
+    publisher = InotifyPublisher({"tmp": [f"{tmp_path}/%"]})
+    send, receive = trio.open_memory_channel(1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(publisher.run, send)
+        for index in range(3):
+            (tmp_path / f"a{index}").write_bytes(b"x")
+        with trio.move_on_after(TIMEOUT):
+            while publisher.statistics().drop_reasons.get("queue_full", 0) < 5:
+                await trio.sleep(0.01)
+        for index in range(3):
+            (tmp_path / f"b{index}").write_bytes(b"x")
+        with trio.move_on_after(TIMEOUT):
+            while publisher.statistics().drop_reasons.get("queue_full", 0) < 11:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+    warnings = loss_warnings(caplog, "queue_full")
+    assert sum(count for count, _ in warnings) == 11
+    assert warnings[-1][1] == 11
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "message"),
+    [
+        (
+            errno.ENOSPC,
+            "watch_limit",
+            "inotify watch limit reached at /srv/100%:"
+            " raise fs.inotify.max_user_watches",
+        ),
+        (errno.EACCES, "watch_failed", "inotify cannot watch /srv/100%: Denied"),
+    ],
+)
+def test_publisher_watch_failure_logged(caplog, code, reason, message):
+    caplog.set_level(logging.WARNING, logger="publishers.inotify")
+    publisher = InotifyPublisher({"tmp": ["/srv/%"]}, clock=lambda: 1000.0)
+    for _ in range(3):
+        publisher._watch_failed(b"/srv/100%", OSError(code, "Denied"))
+
+    statistics = publisher.statistics()
+    assert statistics.drop_reasons == {reason: 3}
+    assert statistics.last_error == message
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{message} (reason={reason} count=1 total=1)"
+    ]
+
+
+def test_publisher_vanished_directory_not_logged(caplog):
+    publisher = InotifyPublisher({"tmp": ["/srv/%"]})
+    publisher._watch_failed(b"/srv/gone", OSError(errno.ENOENT, "No such file"))
+    assert publisher.statistics().dropped == 0
+    assert caplog.records == []
+
+
 @pytest.fixture
 def small_inotify_queue():
     """Lower fs.inotify.max_queued_events while a test opens its inotify instance.
@@ -303,7 +416,8 @@ def small_inotify_queue():
 
 
 @pytest.mark.skipif(not os.access(MAX_QUEUED, os.W_OK), reason="needs root")
-async def test_publisher_overflow_rescan(tmp_path, small_inotify_queue):
+async def test_publisher_overflow_rescan(tmp_path, small_inotify_queue, caplog):
+    caplog.set_level(logging.WARNING, logger="publishers.inotify")
     rewritten = tmp_path / "rewritten"
     rewritten.write_bytes(b"old")
     doomed = tmp_path / "doomed"
@@ -332,3 +446,4 @@ async def test_publisher_overflow_rescan(tmp_path, small_inotify_queue):
     assert statistics.overflows == 1
     assert statistics.drop_reasons == {"overflow": 1}
     assert "overflowed" in statistics.last_error
+    assert loss_warnings(caplog, "overflow") == [(1, 1)]
