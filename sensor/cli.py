@@ -94,7 +94,11 @@ def _open_engine(config_path: str | None):
     from sensor.store import Store
 
     config = load_config(config_path)
-    return Engine(Store(config.options.database_path))
+    try:
+        store = Store(config.options.database_path, create=False)
+    except ConfigError as error:
+        raise ConfigError(f"{config.path}: {error}") from None
+    return Engine(store)
 
 
 def _query(arguments: argparse.Namespace) -> int:
@@ -105,6 +109,12 @@ def _query(arguments: argparse.Namespace) -> int:
     text = render(result.columns, result.rows, arguments.mode)
     if text:
         print(text)
+    if engine.store is None and engine.is_event_based(result):
+        print(
+            "sensor: note: *_events tables are empty without --config; pass the "
+            "daemon's config file to read the events it collected",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -97,6 +97,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         ) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: invalid TOML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: invalid TOML: not UTF-8 text (byte {error.start})"
+        ) from None
     return parse_config(document, path)
 
 
@@ -109,15 +113,23 @@ def parse_config(document: Mapping[str, Any], path: str = "config.toml") -> Conf
                 f"{path}: unknown section [{section}]; expected {expected}"
             )
     base = os.path.dirname(os.path.abspath(path))
+    file_paths = _parse_patterns(
+        _table(document, "file_paths", path), "file_paths", path
+    )
+    exclude_paths = _parse_patterns(
+        _table(document, "exclude_paths", path), "exclude_paths", path
+    )
+    for category in exclude_paths:
+        if category not in file_paths:
+            raise ConfigError(
+                f"{path}: exclude_paths.{category}: no category {category!r} "
+                "in [file_paths], so it would exclude nothing"
+            )
     return Config(
         path=path,
         options=_parse_options(_table(document, "options", path), base, path),
-        file_paths=_parse_patterns(
-            _table(document, "file_paths", path), "file_paths", path
-        ),
-        exclude_paths=_parse_patterns(
-            _table(document, "exclude_paths", path), "exclude_paths", path
-        ),
+        file_paths=file_paths,
+        exclude_paths=exclude_paths,
         schedule=_parse_schedule(_table(document, "schedule", path), path),
     )
 

@@ -12,7 +12,7 @@ import trio
 
 from sensor.config import Config, Options
 from sensor.engine import Engine
-from sensor.errors import PublisherError
+from sensor.errors import ConfigError, PublisherError, QueryError
 from sensor.loggers import open_loggers
 from sensor.scheduler import Scheduler
 from sensor.store import Store
@@ -140,11 +140,14 @@ async def serve(config: Config) -> None:
     # closes, using the handler that was in place before. A supervisor such as
     # timeout(1) often sends SIGTERM twice, so that handler ignores the signal,
     # and a repeat during shutdown cannot kill the daemon with status 143.
+    try:
+        daemon = _Daemon(config)
+    except ConfigError as error:
+        raise ConfigError(f"{config.path}: {error}") from None
     previous = {
         signum: signal.signal(signum, signal.SIG_IGN)
         for signum in (signal.SIGINT, signal.SIGTERM)
     }
-    daemon = _Daemon(config)
     try:
         await daemon.run()
     finally:
@@ -162,6 +165,13 @@ class _Daemon:
         self.config = config
         self.store = Store(options.database_path)
         self.engine = Engine(Store(options.database_path))
+        # A query that can never run is a config error, found before the
+        # daemon starts rather than logged at every interval.
+        for query in config.schedule.values():
+            try:
+                self.engine.check(query.query)
+            except QueryError as error:
+                raise ConfigError(f"schedule.{query.name}.query: {error}") from None
         self.loggers = open_loggers(options)
         self.statistics = _Statistics(self.store)
         self.scheduler = Scheduler(

@@ -40,6 +40,19 @@ _COST_UNUSABLE = 1e18
 # because osquery's file and hash tables expand LIKE patterns on `path`.
 _NARROWING = ("=", "IN", "LIKE")
 
+# idxNum of a plan that leaves every required column unconstrained.
+_PLAN_UNSATISFIED = 1
+# How EXPLAIN QUERY PLAN shows such a plan; its idxStr follows.
+_UNSATISFIED_DETAIL = f"VIRTUAL TABLE INDEX {_PLAN_UNSATISFIED}:"
+
+
+def _required_message(schema: TableSchema) -> str:
+    required = schema.required_columns
+    return (
+        f"table {schema.name} requires an =, IN or LIKE constraint on "
+        f"{' or '.join(required)}, for example WHERE {required[0]} = '/etc/hosts'"
+    )
+
 
 class QueryResult:
     """Column names and rows of one statement."""
@@ -108,6 +121,35 @@ class Engine:
     def is_event_based(self, result: QueryResult) -> bool:
         """Return whether the statement read an `*_events` table."""
         return any(load_table(name).schema.event_table for name in result.tables)
+
+    def check(self, sql: str) -> None:
+        """Prepare every statement of `sql` without running it.
+
+        Raise QueryError for a syntax error, an unknown table or column, or a table
+        whose required columns are left unconstrained.
+        """
+        import apsw.ext
+
+        remaining = sql_text(sql)
+        while remaining.strip():
+            try:
+                info = apsw.ext.query_info(
+                    self.connection, remaining, explain_query_plan=True
+                )
+            except apsw.Error as error:
+                raise QueryError(self._explain(error)) from None
+            self._check_plan(info.query_plan)
+            remaining = info.query_remaining or ""
+
+    def _check_plan(self, plan: Any) -> None:
+        if plan is None:
+            return
+        detail = plan.detail or ""
+        if _UNSATISFIED_DETAIL in detail:
+            table = json.loads(detail.split(_UNSATISFIED_DETAIL, 1)[1])["table"]
+            raise QueryError(_required_message(self.schema(table)))
+        for child in plan.sub or ():
+            self._check_plan(child)
 
     def _run(self, sql: str, bindings: Sequence[Any] | None) -> QueryResult:
         cursor = self.connection.cursor()
@@ -183,11 +225,13 @@ class _VirtualTable:
                 constrained_required = constrained_required or column.required
 
         used = sorted(info.colUsed) if info.colUsed else []
-        info.idxStr = json.dumps({"constraints": pushed, "used": used})
+        plan = {"table": self.schema.name, "constraints": pushed, "used": used}
+        info.idxStr = json.dumps(plan)
         if self.schema.required_columns and not constrained_required:
             # Raising here would abort planning even where another join order
-            # supplies the constraint, so the plan is priced out instead and the
-            # cursor raises if SQLite picks it anyway.
+            # supplies the constraint, so the plan is priced out instead, and the
+            # cursor (or Engine.check, which reads idxNum) raises if SQLite picks it.
+            info.idxNum = _PLAN_UNSATISFIED
             info.estimatedCost = _COST_UNUSABLE
         else:
             info.estimatedCost = _COST_NARROWED if narrowed else _COST_FULL_SCAN
@@ -259,15 +303,8 @@ class _Cursor:
         engine = self.table.engine
         schema = self.table.schema
         plan = json.loads(indexname) if indexname else {"constraints": [], "used": []}
-        required = schema.required_columns
-        if required and not any(
-            op in _NARROWING for name, op in plan["constraints"] if name in required
-        ):
-            alternatives = " or ".join(required)
-            raise QueryError(
-                f"table {schema.name} requires an =, IN or LIKE constraint on "
-                f"{alternatives}, for example WHERE {required[0]} = '/etc/hosts'"
-            )
+        if indexnum == _PLAN_UNSATISFIED:
+            raise QueryError(_required_message(schema))
         context = QueryContext(
             columns_used=frozenset(
                 schema.columns[i].name for i in plan["used"] if i < len(schema.columns)

@@ -23,12 +23,22 @@ class FilesystemLogger:
 
     def __init__(self, path: str):
         self.path = path
+        directory = os.path.dirname(path)
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.makedirs(directory, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise ConfigError(
+                f"options.logger_path: {directory} is not a directory"
+            ) from None
+        except OSError as error:
+            raise ConfigError(
+                f"options.logger_path: cannot create {directory}: {error.strerror}"
+            ) from None
+        try:
             self.stream = open(path, "a", encoding="utf-8")
         except OSError as error:
             raise ConfigError(
-                f"logger_path: cannot open result log {path}: {error.strerror}"
+                f"options.logger_path: cannot open {path}: {error.strerror}"
             ) from None
 
     def write(self, lines: Sequence[str]) -> None:

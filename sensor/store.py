@@ -52,23 +52,53 @@ _BUSY_TIMEOUT_MS = 5000
 StoredEvent = tuple[int, int, dict[str, Any]]
 
 
+def _check_database_path(path: str, create: bool) -> None:
+    key = "options.database_path"
+    if os.path.isdir(path):
+        raise ConfigError(f"{key}: {path} is a directory; name a file in it")
+    if not create:
+        if not os.path.exists(path):
+            raise ConfigError(
+                f"{key}: database {path} not found; start the daemon with this "
+                "config first (sensor run --config ...)"
+            )
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(
+            f"{key}: cannot create {parent}: a part of it is a file, not a directory"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"{key}: cannot create {parent}: {error.strerror}") from None
+
+
 class Store:
     """An open sensor database. Use one `Store` per thread."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None):
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, *, create: bool = True
+    ):
+        """Open the database at `path`, or an in-memory one when it is None.
+
+        With `create` false, a database that does not exist yet raises ConfigError
+        instead of being created, which is what a reader of the daemon's database
+        wants. Errors name the `options.database_path` key.
+        """
         self.path = os.fspath(path) if path is not None else ":memory:"
+        if self.path != ":memory:":
+            _check_database_path(self.path, create)
         try:
-            if self.path != ":memory:":
-                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             self.connection = apsw.Connection(self.path)
             self.connection.set_busy_timeout(_BUSY_TIMEOUT_MS)
             self.connection.execute("PRAGMA journal_mode = WAL")
             self.connection.execute("PRAGMA synchronous = NORMAL")
             with self.connection:
                 self.connection.execute(_SCHEMA)
-        except (OSError, apsw.Error) as error:
+        except apsw.Error as error:
             raise ConfigError(
-                f"database_path {self.path}: cannot open: {error}"
+                f"options.database_path: cannot open {self.path}: {error}"
             ) from None
 
     def close(self) -> None:

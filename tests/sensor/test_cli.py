@@ -94,3 +94,9 @@ def test_json_blob_and_infinity():
     completed = sensor("query", "--json", "SELECT x'ff00' AS b, 1e400 AS f")
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout) == [{"b": "\\xff\\x00", "f": "inf"}]
+
+
+def test_events_without_config_hint():
+    completed = sensor("query", "SELECT count(*) FROM file_events")
+    assert completed.returncode == 0
+    assert "--config" in completed.stderr

@@ -133,3 +133,73 @@ def test_missing_config_exits_2(tmp_path):
     )
     assert completed.returncode == 2
     assert completed.stderr.strip().endswith("config file not found")
+
+
+def test_non_utf8_config(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert "not UTF-8" in str(raised.value)
+
+
+def test_exclude_needs_known_category(tmp_path):
+    text = "[file_paths]\netc = ['/etc/**']\n[exclude_paths]\nhome = ['/home/%%']\n"
+    with pytest.raises(ConfigError) as raised:
+        load_config(write(tmp_path, text))
+    assert "exclude_paths.home: no category 'home' in [file_paths]" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[options]\ndatabase_path = 'afile/x.db'\n", "options.database_path: cannot"),
+        ("[options]\ndatabase_path = 'adir'\n", "adir is a directory"),
+        ("[options]\nlogger_path = 'afile'\n", "afile is not a directory"),
+        (
+            "[schedule.p]\nquery = 'SELECT * FROM file'\ninterval = 1\n",
+            "schedule.p.query: table file requires",
+        ),
+        ("[schedule.p]\nquery = 'SELEC 1'\ninterval = 1\n", "schedule.p.query: near"),
+        (
+            "[schedule.p]\nquery = 'SELECT * FROM nosuch'\ninterval = 1\n",
+            "schedule.p.query: no such table: nosuch",
+        ),
+    ],
+)
+def test_daemon_rejects_unusable_config(tmp_path, text, expected):
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "adir").mkdir()
+    path = write(tmp_path, text)
+    completed = subprocess.run(
+        [sys.executable, "-m", "sensor.cli", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.count("\n") == 1
+    assert completed.stderr.startswith(f"sensor: {path}: ")
+    assert expected in completed.stderr
+
+
+def test_query_does_not_create_database(tmp_path):
+    path = write(tmp_path, "[options]\ndatabase_path = 'db/sensor.db'\n")
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sensor.cli",
+            "query",
+            "--config",
+            str(path),
+            "SELECT 1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 2
+    assert "database" in completed.stderr
+    assert "not found" in completed.stderr
+    assert not (tmp_path / "db").exists()
