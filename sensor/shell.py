@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, TextIO
 import apsw
 
 from sensor.engine import Engine
-from sensor.errors import QueryError
+from sensor.errors import QueryError, SensorError
 from sensor.output import MODES, render
 from sensor.registry import table_names
 from sensor.text import sql_text
@@ -18,7 +18,7 @@ from sensor.text import sql_text
 __all__ = ["Shell"]
 
 PROMPT = "sensor> "
-CONTINUATION_PROMPT = "    ...> "
+CONTINUATION_PROMPT = "   ...> "
 DEFAULT_HISTORY = "~/.sensor_history"
 
 HELP = """\
@@ -42,6 +42,7 @@ class Shell:
         history_path: str | None = None,
         stdin: TextIO | None = None,
         stdout: TextIO | None = None,
+        stderr: TextIO | None = None,
         prompt_input: Any = None,
         prompt_output: Any = None,
     ):
@@ -49,6 +50,7 @@ class Shell:
         self.history_path = os.path.expanduser(history_path or DEFAULT_HISTORY)
         self.stdin = stdin or sys.stdin
         self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
         self.mode = "pretty"
         self.timer = False
         self.buffer = ""
@@ -95,24 +97,52 @@ class Shell:
         from prompt_toolkit import PromptSession
         from prompt_toolkit.history import FileHistory
 
-        os.makedirs(os.path.dirname(self.history_path) or ".", exist_ok=True)
+        self._create_history()
+        # Enter ends the input only once it is a complete statement or a
+        # meta-command, so a statement typed over several lines is one history
+        # entry and can be recalled and edited whole.
         session: PromptSession[str] = PromptSession(
             history=FileHistory(self.history_path),
+            multiline=True,
+            key_bindings=_enter_bindings(),
+            prompt_continuation=CONTINUATION_PROMPT,
             input=self.prompt_input,
             output=self.prompt_output,
         )
         self.write("sensor shell: enter .help for meta-commands, .quit to leave")
         while True:
-            prompt = CONTINUATION_PROMPT if self.buffer else PROMPT
             try:
-                line = session.prompt(prompt)
+                text = session.prompt(PROMPT)
             except KeyboardInterrupt:
-                self.buffer = ""
                 continue
             except EOFError:
                 break
-            if not self.feed(line):
+            if not self.feed_input(text):
                 break
+
+    def _create_history(self) -> None:
+        # The history may contain secrets typed into queries, so only its owner
+        # may read it.
+        try:
+            os.makedirs(os.path.dirname(self.history_path) or ".", exist_ok=True)
+            fd = os.open(
+                self.history_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+            )
+            os.close(fd)
+        except OSError as error:
+            raise SensorError(
+                f"history file {self.history_path}: cannot open: {error.strerror}; "
+                "choose another with --history FILE"
+            ) from None
+
+    def feed_input(self, text: str) -> bool:
+        """Take one whole input (a statement or a meta-command); False means stop."""
+        text = sql_text(text)
+        if text.strip().startswith("."):
+            return self._meta(text.strip())
+        if text.strip():
+            self.execute(text)
+        return True
 
     def write(self, text: str) -> None:
         if text:
@@ -121,7 +151,9 @@ class Shell:
 
     def error(self, message: str) -> None:
         self.errors += 1
-        self.write(f"Error: {message}")
+        self.stdout.flush()
+        self.stderr.write(f"Error: {message}\n")
+        self.stderr.flush()
 
     def feed(self, line: str) -> bool:
         """Take one line of input; return False when the shell should stop."""
@@ -142,6 +174,9 @@ class Shell:
             result = self.engine.execute(sql)
         except QueryError as error:
             self.error(str(error))
+            return
+        except KeyboardInterrupt:
+            self.error("interrupted")
             return
         self.write(render(result.columns, result.rows, self.mode))
         if self.timer:
@@ -169,7 +204,9 @@ class Shell:
         return True
 
     def _mode(self, argument: str) -> bool:
-        if argument not in MODES:
+        if not argument:
+            self.write(f"current output mode: {self.mode}")
+        elif argument not in MODES:
             self.error(f"invalid mode {argument!r}; expected one of {', '.join(MODES)}")
         else:
             self.mode = argument
@@ -196,8 +233,27 @@ class Shell:
         return True
 
     def _timer(self, argument: str) -> bool:
-        if argument not in ("on", "off"):
+        if not argument:
+            self.write(f"timer is {'on' if self.timer else 'off'}")
+        elif argument not in ("on", "off"):
             self.error(f"invalid argument {argument!r}; usage: .timer on|off")
         else:
             self.timer = argument == "on"
         return True
+
+
+def _enter_bindings() -> Any:
+    from prompt_toolkit.key_binding import KeyBindings
+
+    bindings = KeyBindings()
+
+    @bindings.add("enter")
+    def _accept_when_complete(event: Any) -> None:
+        buffer = event.current_buffer
+        text = buffer.text.strip()
+        if not text or text.startswith(".") or apsw.complete(sql_text(text)):
+            buffer.validate_and_handle()
+        else:
+            buffer.insert_text("\n")
+
+    return bindings

@@ -3,18 +3,24 @@ import json
 import subprocess
 import sys
 
+import pytest
 from prompt_toolkit.history import FileHistory
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
 from sensor.engine import Engine
+from sensor.errors import SensorError
 from sensor.shell import Shell
 
 
 def run_lines(*lines, engine=None):
     stdout = io.StringIO()
+    # Errors go to stderr; sharing one stream keeps them in order with results.
     shell = Shell(
-        engine or Engine(), stdin=io.StringIO("\n".join(lines) + "\n"), stdout=stdout
+        engine or Engine(),
+        stdin=io.StringIO("\n".join(lines) + "\n"),
+        stdout=stdout,
+        stderr=stdout,
     )
     status = shell.run()
     return status, stdout.getvalue()
@@ -137,3 +143,65 @@ def test_shell_command_reads_stdin():
     )
     assert completed.returncode == 0
     assert "| 42     |" in completed.stdout
+
+
+def test_errors_go_to_stderr():
+    stdout, stderr = io.StringIO(), io.StringIO()
+    shell = Shell(
+        Engine(),
+        stdin=io.StringIO("SELEC 1;\nSELECT 2 AS b;\n"),
+        stdout=stdout,
+        stderr=stderr,
+    )
+    assert shell.run() == 1
+    assert stderr.getvalue() == 'Error: near "SELEC": syntax error\n'
+    assert "Error" not in stdout.getvalue()
+
+
+def test_mode_and_timer_show_setting():
+    _, output = run_lines(".mode", ".mode csv", ".mode", ".timer")
+    assert output.splitlines() == [
+        "current output mode: pretty",
+        "current output mode: csv",
+        "timer is off",
+    ]
+
+
+def run_interactive(history, keys):
+    stdout = io.StringIO()
+    with create_pipe_input() as pipe:
+        pipe.send_text(keys)
+        shell = Shell(
+            Engine(),
+            history_path=str(history),
+            stdout=stdout,
+            stderr=stdout,
+            prompt_input=pipe,
+            prompt_output=DummyOutput(),
+        )
+        status = shell.run()
+    return status, stdout.getvalue()
+
+
+def test_multiline_statement_is_one_history_entry(tmp_path):
+    history = tmp_path / "history"
+    status, output = run_interactive(history, "SELECT 6 *\r7 AS answer;\r.quit\r")
+    assert status == 0
+    assert "| 42     |" in output
+    remembered = list(FileHistory(str(history)).load_history_strings())
+    assert "SELECT 6 *\n7 AS answer;" in remembered
+
+
+def test_history_file_is_private(tmp_path):
+    history = tmp_path / "history"
+    run_interactive(history, ".quit\r")
+    assert history.stat().st_mode & 0o777 == 0o600
+
+
+def test_unusable_history_path_is_one_line(tmp_path):
+    # A directory cannot be the history file.
+    with pytest.raises(SensorError) as raised:
+        run_interactive(tmp_path, ".quit\r")
+    message = str(raised.value)
+    assert message.startswith(f"history file {tmp_path}: cannot open: ")
+    assert message.endswith("choose another with --history FILE")
