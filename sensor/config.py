@@ -70,6 +70,10 @@ class Options:
         return os.path.join(self.logger_path, "sensor.results.log")
 
     @property
+    def snapshot_log_path(self) -> str:
+        return os.path.join(self.logger_path, "sensor.snapshots.log")
+
+    @property
     def logger_plugins(self) -> tuple[str, ...]:
         return tuple(part.strip() for part in self.logger_plugin.split(","))
 

@@ -86,7 +86,7 @@ class Scheduler:
 
         lines = self._format(query, rows, previous_rows, counter, event_based)
         for logger in self.loggers:
-            logger.write(lines)
+            logger.write(lines, snapshot=query.snapshot)
 
         if store is not None:
             # Event queries see each event once, so their rows are never diffed.

@@ -12,7 +12,7 @@ class ListLogger:
     def __init__(self):
         self.lines = []
 
-    def write(self, lines):
+    def write(self, lines, *, snapshot=False):
         self.lines.extend(json.loads(line) for line in lines)
 
     def close(self):
@@ -155,3 +155,24 @@ async def test_failed_query_is_counted(tmp_path, fake_tables, caplog):
     assert lines == []
     assert scheduler.failures == {"bad": 1}
     assert "no such table: nope" in caplog.text
+
+
+def test_snapshots_have_their_own_log(tmp_path, items):
+    from sensor.loggers import FilesystemLogger
+
+    schedule = {
+        "items": ITEMS_QUERY["items"],
+        "snap": {**ITEMS_QUERY["items"], "snapshot": True},
+    }
+    scheduler, _ = make_scheduler(tmp_path, schedule)
+    results, snapshots = tmp_path / "results.log", tmp_path / "snapshots.log"
+    scheduler.loggers = [FilesystemLogger(str(results), str(snapshots))]
+    for query in scheduler.config.schedule.values():
+        scheduler.execute(query)
+    scheduler.loggers[0].close()
+    result_names = {
+        json.loads(line)["name"] for line in results.read_text().splitlines()
+    }
+    snapshot_lines = [json.loads(line) for line in snapshots.read_text().splitlines()]
+    assert result_names == {"items"}
+    assert [line["name"] for line in snapshot_lines] == ["snap"]
