@@ -105,11 +105,12 @@ def _query(arguments: argparse.Namespace) -> int:
     from sensor.output import render
 
     engine = _open_engine(arguments.config)
-    result = engine.execute(arguments.sql)
-    text = render(result.columns, result.rows, arguments.mode)
-    if text:
-        print(text)
-    if engine.store is None and engine.is_event_based(result):
+    results = engine.execute_all(arguments.sql)
+    for result in results:
+        text = render(result.columns, result.rows, arguments.mode)
+        if text:
+            print(text)
+    if engine.store is None and engine.is_event_based(results[-1]):
         print(
             "sensor: note: *_events tables are empty without --config; pass the "
             "daemon's config file to read the events it collected",

@@ -101,22 +101,31 @@ class Engine:
         only the events that this scope has not seen, and the result's `marks` hold
         the newest one per table.
         """
+        return self.execute_all(sql, bindings, scope)[-1]
+
+    def execute_all(
+        self, sql: str, bindings: Sequence[Any] | None = None, scope: str | None = None
+    ) -> list[QueryResult]:
+        """Run one or more statements and return each one's result, in order.
+
+        The last result carries the marks and the tables read of the whole run.
+        """
         sql = sql_text(sql)
         self.scope = scope
         self.tables_read = set()
         self.pending_marks = {}
         try:
-            result = self._run(sql, bindings)
+            results = self._run(sql, bindings)
         except apsw.Error as error:
             raise QueryError(self._explain(error)) from None
         except OSError as error:
             raise QueryError(f"reading a table failed: {error}") from None
         finally:
             self.scope = None
-        result.marks = self.pending_marks
-        result.tables = frozenset(self.tables_read)
+        results[-1].marks = self.pending_marks
+        results[-1].tables = frozenset(self.tables_read)
         self.pending_marks = {}
-        return result
+        return results
 
     def is_event_based(self, result: QueryResult) -> bool:
         """Return whether the statement read an `*_events` table."""
@@ -151,23 +160,20 @@ class Engine:
         for child in plan.sub or ():
             self._check_plan(child)
 
-    def _run(self, sql: str, bindings: Sequence[Any] | None) -> QueryResult:
+    def _run(self, sql: str, bindings: Sequence[Any] | None) -> list[QueryResult]:
         cursor = self.connection.cursor()
-        columns: list[str] = []
-        rows: list[tuple[Any, ...]] = []
+        results: list[QueryResult] = []
 
-        # apsw runs every statement of `sql` in turn. A statement's description is
-        # readable while it runs, so each new description starts a new result.
+        # apsw runs every statement of `sql` in turn and calls this before each.
         def trace(cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
-            nonlocal columns, rows
             columns = [name for name, _ in cursor.get_description()]
-            rows = []
+            results.append(QueryResult(columns, []))
             return True
 
         cursor.exec_trace = trace
         for row in cursor.execute(sql, bindings):
-            rows.append(row)
-        return QueryResult(columns, rows)
+            results[-1].rows.append(row)
+        return results or [QueryResult([], [])]
 
     def _explain(self, error: apsw.Error) -> str:
         message = str(error)

@@ -171,14 +171,15 @@ class Shell:
     def execute(self, sql: str) -> None:
         started = time.perf_counter()
         try:
-            result = self.engine.execute(sql)
+            results = self.engine.execute_all(sql)
         except QueryError as error:
             self.error(str(error))
             return
         except KeyboardInterrupt:
             self.error("interrupted")
             return
-        self.write(render(result.columns, result.rows, self.mode))
+        for result in results:
+            self.write(render(result.columns, result.rows, self.mode))
         if self.timer:
             self.write(f"Run Time: real {time.perf_counter() - started:.3f} s")
 

@@ -100,3 +100,8 @@ def test_events_without_config_hint():
     completed = sensor("query", "SELECT count(*) FROM file_events")
     assert completed.returncode == 0
     assert "--config" in completed.stderr
+
+
+def test_query_prints_every_statement():
+    completed = sensor("query", "--csv", "SELECT 1 AS a; SELECT 2 AS b")
+    assert completed.stdout.splitlines() == ["a", "1", "b", "2"]

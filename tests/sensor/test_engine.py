@@ -93,3 +93,15 @@ def test_empty_result_keeps_columns(fake_tables):
     result = Engine().execute("SELECT n, name FROM test_numbers WHERE n = 99")
     assert result.columns == ["n", "name"]
     assert result.rows == []
+
+
+def test_execute_all_returns_each_result():
+    results = Engine().execute_all("SELECT 1 AS a; SELECT 2 AS b, 3 AS c")
+    assert [result.columns for result in results] == [["a"], ["b", "c"]]
+    assert [result.rows for result in results] == [[(1,)], [(2, 3)]]
+
+
+def test_empty_sql_has_empty_result():
+    result = Engine().execute("")
+    assert result.columns == []
+    assert result.rows == []
