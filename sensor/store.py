@@ -177,6 +177,21 @@ class Store:
             dropped = self.connection.changes()
         return expired, dropped
 
+    def drop_oldest(self, subscriber: str, count: int) -> int:
+        """Delete the `count` oldest events of a subscriber; return how many.
+
+        Oldest means the lowest (time, eid), the order of the events_by_time index,
+        so the cost grows with `count` and not with the number of stored events.
+        """
+        with self.connection:
+            self.connection.execute(
+                "DELETE FROM events WHERE eid IN ("
+                " SELECT eid FROM events WHERE subscriber = ?"
+                " ORDER BY time, eid LIMIT ?)",
+                (subscriber, count),
+            )
+            return self.connection.changes()
+
     # Marks: the newest event each scheduled query has seen, per subscriber.
 
     def mark(self, scope: str, subscriber: str) -> int:

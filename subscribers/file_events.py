@@ -2,6 +2,10 @@
 
 Only the table declaration is built at import time, so a query that reads file_events
 imports neither trio nor hashlib. The subscriber imports them when it runs.
+
+Events are lost here in two ways: `store_failed` is a batch that could not be written,
+and `events_max` counts the oldest events, deleted to keep the table within that limit.
+Each reason is counted in `statistics()` and logged as a WARNING at most once a minute.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from sensor.event_table import event_generator
 from sensor.events import Counters, Event, Statistics
+from sensor.ratelimit import LossWarnings
 from sensor.schema import BIGINT, INTEGER, TEXT, Column, Table, TableSchema
 from sensor.text import fs_text
 
@@ -65,6 +70,9 @@ _BATCH_MAX = 512
 # Maximum seconds between expiry runs.
 _EXPIRE_INTERVAL = 60
 
+# Seconds between checks for lost events that are counted but not logged yet.
+_FLUSH_INTERVAL = 10
+
 _HASH_CHUNK = 1024 * 1024
 
 
@@ -72,7 +80,9 @@ class FileEventsSubscriber:
     """Stats and hashes inotify events and stores them as file_events rows.
 
     Events older than `events_expiry` seconds, and the oldest beyond `events_max`,
-    are deleted by `expire`, which `run` calls periodically.
+    are deleted by `expire`, which `run` calls periodically. A stored batch that takes
+    the table past `events_max` deletes the oldest events at once, so a burst cannot
+    outgrow the limit.
     """
 
     name = "file_events"
@@ -90,6 +100,7 @@ class FileEventsSubscriber:
         self._events_max = events_max
         self._clock = clock
         self._counters = Counters(self.name, "subscriber")
+        self._warnings = LossWarnings(logger)
 
     def statistics(self) -> Statistics:
         return self._counters.snapshot()
@@ -104,13 +115,17 @@ class FileEventsSubscriber:
         import trio
 
         self._counters.buffered = self._store.count_events(self.name)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._expire_periodically)
-            if task_status is not None:
-                task_status.started()
-            async with receive:
-                await self._store_events(receive)
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._expire_periodically)
+                nursery.start_soon(self._flush_warnings)
+                if task_status is not None:
+                    task_status.started()
+                async with receive:
+                    await self._store_events(receive)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._warnings.flush(self._clock(), force=True)
 
     async def _store_events(self, receive: trio.MemoryReceiveChannel[Event]) -> None:
         import trio
@@ -131,14 +146,16 @@ class FileEventsSubscriber:
         try:
             self._store.add_events(self.name, rows)
         except apsw.Error as error:
-            self._counters.drop("store_failed", len(rows))
-            self._counters.error(
-                f"storing file_events failed: {error}", int(self._clock())
-            )
-            logger.error("storing file_events failed: %s (count=%d)", error, len(rows))
+            message = "storing file_events failed: %s"
+            self._lost("store_failed", len(rows), message, error)
             return
         self._counters.events += len(rows)
         self._counters.buffered += len(rows)
+        excess = self._counters.buffered - self._events_max
+        if excess > 0:
+            dropped = self._store.drop_oldest(self.name, excess)
+            self._counters.buffered -= dropped
+            self._dropped_over_max(dropped)
 
     async def _expire_periodically(self) -> None:
         import trio
@@ -148,15 +165,42 @@ class FileEventsSubscriber:
             await trio.sleep(interval)
             self.expire(int(self._clock()))
 
+    async def _flush_warnings(self) -> None:
+        import trio
+
+        while True:
+            await trio.sleep(_FLUSH_INTERVAL)
+            self._warnings.flush(self._clock())
+
     def expire(self, now: int) -> None:
-        """Delete events older than events_expiry and the oldest beyond events_max."""
+        """Delete events older than events_expiry and the oldest beyond events_max.
+
+        Events deleted by age are counted as expired. Events deleted by count are
+        counted and logged as lost, because they may not have been read by any query.
+        """
         expired, dropped = self._store.expire(
             self.name, now, self._events_expiry, self._events_max
         )
         self._counters.expired += expired
-        if dropped:
-            self._counters.drop("events_max", dropped)
+        self._dropped_over_max(dropped)
         self._counters.buffered = self._store.count_events(self.name)
+
+    def _dropped_over_max(self, dropped: int) -> None:
+        if dropped:
+            self._lost(
+                "events_max",
+                dropped,
+                "file_events dropped its oldest events to stay within events_max=%d",
+                self._events_max,
+            )
+
+    def _lost(self, reason: str, count: int, message: str, *args: object) -> None:
+        """Count `count` events lost for `reason`, record `message % args` as the last
+        error, and log it as a rate-limited WARNING."""
+        now = self._clock()
+        self._counters.drop(reason, count)
+        self._counters.error(message % args, int(now))
+        self._warnings.lost(reason, count, now, message, *args)
 
 
 def describe_events(events: Iterable[Event]) -> list[tuple[int, dict[str, Any]]]:

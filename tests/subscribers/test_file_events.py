@@ -1,5 +1,7 @@
 import hashlib
+import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -269,6 +271,156 @@ async def test_run_expires_by_count(store, autojump_clock):
     assert statistics.expired == 0
     assert statistics.buffered == 2
     assert [row["target_path"] for row in rows(store)] == ["/gone/1", "/gone/2"]
+
+
+def loss_warnings(caplog, reason):
+    """Return the (count, total) pairs of the WARNING lines logged for `reason`."""
+    pairs = []
+    for record in caplog.records:
+        message = record.getMessage()
+        found = re.search(r"\(reason=(\w+) count=(\d+) total=(\d+)\)$", message)
+        if record.levelno == logging.WARNING and found and found[1] == reason:
+            pairs.append((int(found[2]), int(found[3])))
+    return pairs
+
+
+async def send_burst(subscriber, count):
+    """Run a subscriber, send it `count` events as fast as it takes them, and stop it
+    once all are handled."""
+    send, receive = trio.open_memory_channel(count)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(subscriber.run, receive)
+        for index in range(count):
+            fields = {"target_path": f"/gone/{index}", "category": "c"}
+            send.send_nowait(Event("inotify", "DELETED", 1_700_000_000, fields))
+        with trio.move_on_after(TIMEOUT):
+            while handled(subscriber.statistics()) < count:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+
+def handled(statistics):
+    """Return the number of events stored or lost while storing."""
+    return statistics.events + statistics.drop_reasons.get("store_failed", 0)
+
+
+async def test_burst_trimmed_to_events_max(store, caplog, autojump_clock):
+    caplog.set_level(logging.WARNING, logger="subscribers.file_events")
+    subscriber = FileEventsSubscriber(
+        store,
+        events_expiry=10**9,
+        events_max=5,
+        clock=lambda: 1_700_000_000 + trio.current_time(),
+    )
+    await send_burst(subscriber, 20)
+
+    # The periodic expiry, once a minute, has not run yet.
+    assert trio.current_time() < 60
+    assert store.count_events("file_events") == 5
+    statistics = subscriber.statistics()
+    assert statistics.events == 20
+    assert statistics.buffered == 5
+    assert statistics.drop_reasons == {"events_max": 15}
+    assert statistics.expired == 0
+    assert "events_max=5" in statistics.last_error
+    assert [row["target_path"] for row in rows(store)] == [
+        f"/gone/{index}" for index in range(15, 20)
+    ]
+
+    warnings = loss_warnings(caplog, "events_max")
+    assert 1 <= len(warnings) <= 2
+    assert sum(count for count, _ in warnings) == 15
+    assert warnings[-1][1] == 15
+
+
+class CountingStore(Store):
+    """A store that counts calls of the methods that delete events."""
+
+    deletes = 0
+
+    def expire(self, *args):
+        self.deletes += 1
+        return super().expire(*args)
+
+    def drop_oldest(self, *args):
+        self.deletes += 1
+        return super().drop_oldest(*args)
+
+
+async def test_store_below_events_max_skips_trim(tmp_path, autojump_clock):
+    store = CountingStore(tmp_path / "sensor.db")
+    subscriber = FileEventsSubscriber(
+        store,
+        events_expiry=10**9,
+        events_max=20,
+        clock=lambda: 1_700_000_000 + trio.current_time(),
+    )
+    try:
+        await send_burst(subscriber, 20)
+        assert trio.current_time() < 60
+        assert store.deletes == 0
+        assert store.count_events("file_events") == 20
+    finally:
+        store.close()
+
+
+async def test_inotify_burst_trimmed(tmp_path, store):
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    async with trio.open_nursery() as nursery:
+        _, subscriber = await start_pipeline(
+            nursery, store, {"tmp": [f"{watched}/%"]}, events_max=5
+        )
+        for index in range(10):
+            (watched / f"f{index}").write_bytes(b"x")
+        with trio.move_on_after(TIMEOUT):
+            while subscriber.statistics().events < 20:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+    # Ten files make twenty events (CREATED, UPDATED), and the last five are kept.
+    statistics = subscriber.statistics()
+    assert statistics.events == 20
+    assert statistics.drop_reasons == {"events_max": 15}
+    assert store.count_events("file_events") == 5
+    assert rows(store)[-1]["target_path"] == str(watched / "f9")
+
+
+async def test_store_failure_logged(store, caplog):
+    caplog.set_level(logging.WARNING, logger="subscribers.file_events")
+    store.connection.execute(
+        "CREATE TRIGGER sns_reject BEFORE INSERT ON events"
+        " BEGIN SELECT RAISE(FAIL, 'sns rejected insert'); END"
+    )
+    subscriber = FileEventsSubscriber(store, events_expiry=3600, events_max=100)
+    await send_burst(subscriber, 3)
+
+    statistics = subscriber.statistics()
+    assert statistics.events == 0
+    assert statistics.drop_reasons == {"store_failed": 3}
+    assert "sns rejected insert" in statistics.last_error
+    warnings = loss_warnings(caplog, "store_failed")
+    assert sum(count for count, _ in warnings) == 3
+    assert warnings[-1][1] == 3
+    assert "storing file_events failed: " in caplog.records[0].getMessage()
+
+
+def test_expire_by_count_logged(store, caplog):
+    caplog.set_level(logging.WARNING, logger="subscribers.file_events")
+    subscriber = FileEventsSubscriber(
+        store, events_expiry=10**9, events_max=1, clock=lambda: 1000.0
+    )
+    for time in (900, 910, 920):
+        stored_event(store, time)
+    subscriber.expire(1000)
+    stored_event(store, 930)
+    subscriber.expire(1000)
+
+    assert subscriber.statistics().drop_reasons == {"events_max": 3}
+    assert [record.getMessage() for record in caplog.records] == [
+        "file_events dropped its oldest events to stay within events_max=1"
+        " (reason=events_max count=2 total=2)"
+    ]
 
 
 def test_describe_file_hashes_regular_files(tmp_path):
