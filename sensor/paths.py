@@ -1,11 +1,20 @@
 """File path patterns in osquery's glob syntax, and the directories they watch.
 
 A pattern is an absolute path whose components may hold wildcards: `%` or `*` matches
-any run of characters within one component and `?` matches one character. A last
-component of `%%` or `**` means "everything below, recursively", and a trailing `/`
-means "the entries of this directory", as `/%` does. Without wildcards a pattern names
-one file or directory. So `/etc/hosts` reports that file, `/etc/%.conf` the matching
-entries of /etc, and `/var/www/%/htdocs/%%` everything below each site's htdocs.
+any run of characters within one component and `?` matches one character. A bracket
+expression matches one character of a set, as in fnmatch and glob(3): `[ab]` matches
+`a` or `b`, `[a-z]` a range, and `[!ab]` any character but those. A `]` right after
+`[` or `[!` is a member, and inside brackets `%`, `*` and `?` are literal, so `[[]`
+matches a literal `[`. An unclosed `[` is an error. A last component of `%%` or `**`
+means "everything below, recursively", and a trailing `/` means "the entries of this
+directory", as `/%` does. Without wildcards a pattern names one file or directory. So
+`/etc/hosts` reports that file, `/etc/%.conf` the matching entries of /etc,
+`/etc/rc[0-6].d/%` the entries of the runlevel directories, and
+`/var/www/%/htdocs/%%` everything below each site's htdocs.
+
+Wildcards match characters, not bytes. A component with a wildcard, and each name
+matched against it, is decoded with `os.fsdecode`. So `?` and `[é]` match both bytes
+of a UTF-8 `é`, and a byte that is not valid UTF-8 counts as one character.
 
 A pattern is matched one component at a time, starting at `/`. The depth of a
 directory is the number of components between it and `/`. `WatchPattern.step`
@@ -30,7 +39,7 @@ __all__ = [
 ]
 
 _RECURSIVE = (b"%%", b"**")
-_WILDCARDS = re.compile(rb"[%*?]")
+_WILDCARDS = re.compile(rb"[%*?[]")
 
 
 @dataclass(frozen=True)
@@ -126,6 +135,13 @@ def parse_pattern(pattern: str) -> WatchPattern:
                     f"file path pattern {pattern!r}: a recursive wildcard (%% or **)"
                     " must be the whole last component"
                 )
+        try:
+            _translate(os.fsdecode(name))
+        except ValueError:
+            raise ValueError(
+                f"file path pattern {pattern!r} has an unclosed [ in component"
+                f" {os.fsdecode(name)!r}: close it with ] or write [[] for a literal ["
+            ) from None
 
     recursive = bool(names) and names[-1] in _RECURSIVE
     if recursive:
@@ -190,13 +206,58 @@ def scan_directory(
 def _compile(level: bytes) -> Callable[[bytes], bool]:
     if not _WILDCARDS.search(level):
         return level.__eq__
+    regex = re.compile(_translate(os.fsdecode(level)), re.DOTALL)
+    return lambda name: regex.fullmatch(os.fsdecode(name)) is not None
+
+
+def _translate(level: str) -> str:
+    """Translate the glob of one component to a regular expression.
+
+    Raises ValueError when a `[` is not closed.
+    """
     parts = []
-    for char in re.split(rb"([%*?])", level):
-        if char in (b"%", b"*"):
-            parts.append(b".*")
-        elif char == b"?":
-            parts.append(b".")
+    index = 0
+    while index < len(level):
+        char = level[index]
+        index += 1
+        if char in "%*":
+            parts.append(".*")
+        elif char == "?":
+            parts.append(".")
+        elif char == "[":
+            regex, index = _translate_class(level, index)
+            parts.append(regex)
         else:
             parts.append(re.escape(char))
-    regex = re.compile(b"".join(parts), re.DOTALL)
-    return lambda name: regex.fullmatch(name) is not None
+    return "".join(parts)
+
+
+def _translate_class(level: str, start: int) -> tuple[str, int]:
+    """Translate the bracket expression whose members begin at `start`; return its
+    regular expression and the index after its `]`."""
+    negated = level[start : start + 1] == "!"
+    if negated:
+        start += 1
+    # The search starts one past `start` because a `]` in first place is a member.
+    end = level.find("]", start + 1)
+    if end < 0:
+        raise ValueError("unclosed [")
+
+    members = level[start:end]
+    items = []
+    index = 0
+    while index < len(members):
+        if members[index + 1 : index + 2] == "-" and index + 2 < len(members):
+            low, high = members[index], members[index + 2]
+            # A reversed range such as z-a matches nothing, as in fnmatch.
+            if low <= high:
+                items.append(re.escape(low) + "-" + re.escape(high))
+            index += 3
+        else:
+            items.append(re.escape(members[index]))
+            index += 1
+
+    if not items:
+        # Only reversed ranges: nothing matches, or with `!` any character does.
+        return ("." if negated else "(?!)"), end + 1
+    return "[" + ("^" if negated else "") + "".join(items) + "]", end + 1

@@ -71,6 +71,13 @@ def test_publisher_rejects_bad_pattern():
         InotifyPublisher({"etc": ["etc/hosts"]})
 
 
+def test_publisher_rejects_unclosed_bracket():
+    with pytest.raises(PublisherError) as error:
+        InotifyPublisher({"etc": ["/etc/%"]}, {"etc": ["/etc/[abc"]})
+    assert str(error.value).startswith("exclude_paths etc: file path pattern")
+    assert "unclosed [ in component '[abc'" in str(error.value)
+
+
 class Collector:
     """Receives every event a publisher sends, for tests to wait on."""
 
@@ -153,6 +160,28 @@ async def test_publisher_filters_by_pattern(tmp_path):
 
     paths = {e.fields["target_path"] for e in events.events}
     assert paths == {os.fsencode(tmp_path / "c.conf")}
+
+
+async def test_publisher_character_class(tmp_path):
+    for name in ("ad", "bd", "cd"):
+        (tmp_path / name).mkdir()
+    publisher = InotifyPublisher({"tmp": [f"{tmp_path}/[ab]d/[!x]%"]})
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        for name in ("ad", "bd", "cd"):
+            (tmp_path / name / "xfile").write_bytes(b"x")
+            (tmp_path / name / "file").write_bytes(b"x")
+        (tmp_path / "marker").write_bytes(b"x")
+        (tmp_path / "bd" / "last").write_bytes(b"x")
+        await events.wait("UPDATED", tmp_path / "bd" / "last")
+        nursery.cancel_scope.cancel()
+
+    paths = {e.fields["target_path"] for e in events.events}
+    assert paths == {
+        os.fsencode(tmp_path / "ad" / "file"),
+        os.fsencode(tmp_path / "bd" / "file"),
+        os.fsencode(tmp_path / "bd" / "last"),
+    }
 
 
 async def test_publisher_coalesces_writes(tmp_path):

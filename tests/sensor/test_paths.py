@@ -1,3 +1,4 @@
+import fnmatch
 import os
 
 import pytest
@@ -35,6 +36,14 @@ def test_parse_pattern_levels(text, levels, recursive):
         ("/etc/a%%", "'/etc/a%%': a recursive wildcard"),
         ("/etc/\0", "contains a NUL character"),
         ("/etc/../x", "contains '..': write the path without . or .. components"),
+        (
+            "/etc/[abc",
+            "'/etc/[abc' has an unclosed [ in component '[abc': close it with ]",
+        ),
+        ("/etc/[]", "has an unclosed [ in component '[]'"),
+        ("/etc/[!]", "has an unclosed [ in component '[!]'"),
+        ("/etc/x[/y", "has an unclosed [ in component 'x['"),
+        ("/etc/[a/b]", "has an unclosed [ in component '[a'"),
     ],
 )
 def test_parse_pattern_rejects(text, message):
@@ -46,6 +55,7 @@ def test_parse_pattern_rejects(text, message):
 
 def test_pattern_start_stops_at_wildcard():
     assert parse_pattern("/var/www/%/htdocs/%%").start() == b"/var/www"
+    assert parse_pattern("/etc/rc[0-6].d/%").start() == b"/etc"
     assert parse_pattern("/etc/hosts").start() == b"/etc"
     assert parse_pattern("/%%").start() == b"/"
 
@@ -66,10 +76,66 @@ def test_pattern_start_stops_at_wildcard():
         ("/etc/hosts", b"/etc/hosts2", False),
         ("/etc/a.b", b"/etc/aXb", False),
         ("/etc/%", b"/etc/caf\xe9", True),
+        ("/etc/[ab]x", b"/etc/ax", True),
+        ("/etc/[ab]x", b"/etc/bx", True),
+        ("/etc/[ab]x", b"/etc/cx", False),
+        ("/etc/[ab]x", b"/etc/[ab]x", False),
+        ("/etc/[!ab]x", b"/etc/cx", True),
+        ("/etc/[!ab]x", b"/etc/ax", False),
+        ("/etc/rc[0-6].d/%", b"/etc/rc3.d/S01x", True),
+        ("/etc/rc[0-6].d/%", b"/etc/rcS.d/S01x", False),
+        ("/etc/[[]x]", b"/etc/[x]", True),
+        ("/etc/[%]", b"/etc/%", True),
+        ("/etc/[%]", b"/etc/a", False),
+        ("/etc/caf[\xe9e]", "/etc/café".encode(), True),
+        ("/etc/caf[\xe9e]", b"/etc/caf\xc3", False),
+        ("/etc/caf?", "/etc/café".encode(), True),
+        ("/etc/caf?", b"/etc/caf\xe9", True),
+        ("/etc/[à-ÿ]", "/etc/é".encode(), True),
+        ("/etc/[!à-ÿ]", "/etc/é".encode(), False),
+        ("/etc/caf\udce9", b"/etc/caf\xe9", True),
+        ("/etc/caf[\udce9]", b"/etc/caf\xe9", True),
+        ("/etc/caf[\udce9]", "/etc/café".encode(), False),
+        ("/etc/[\n]", b"/etc/\n", True),
     ],
 )
 def test_pattern_matches(text, path, expected):
     assert parse_pattern(text).matches(path) is expected
+
+
+CLASS_PATTERNS = [
+    "[ab]",
+    "[!ab]",
+    "[a-c]x",
+    "[!a-c]*",
+    "[]a]",
+    "[!]a]",
+    "[a-]",
+    "[-a]",
+    "[z-a]",
+    "[!z-a]",
+    "[a-c-e]",
+    "[+--]",
+    "[\\]",
+    "[^a]",
+    "[*?]",
+    "*[0-9].conf",
+    "[[]",
+    "a]",
+]
+NAMES = [
+    "a", "b", "c", "d", "e", "x", "ax", "bx", "dx", "]", "-", "+", ",", "\\", "^",
+    "*", "?", "[", "a]", "1.conf", "x1.conf", "x.conf", "ab", "",
+]
+
+
+@pytest.mark.parametrize("glob", CLASS_PATTERNS)
+def test_pattern_classes_match_fnmatch(glob):
+    pattern = parse_pattern(f"/d/{glob}")
+    for name in NAMES:
+        path = b"/d/" + name.encode()
+        expected = fnmatch.fnmatchcase(name, glob)
+        assert pattern.matches(path) is expected, (glob, name)
 
 
 def make_tree(root, paths):
@@ -129,6 +195,17 @@ def test_expand_wildcard_in_middle(tmp_path):
         (str(tmp_path / "one/htdocs"), base),
         (str(tmp_path / "two/htdocs"), base),
         (str(tmp_path / "two/htdocs/x"), base),
+    }
+
+
+def test_expand_character_class(tmp_path):
+    make_tree(tmp_path, ["ax/f", "bx/g", "cx/h", "ax.conf", "cx.conf"])
+    pattern = parse_pattern(f"{tmp_path}/[ab]x/%")
+    base = len(pattern.levels) - 1
+    assert expanded(pattern) == {
+        (str(tmp_path), base - 1, ()),
+        (str(tmp_path / "ax"), base, ("f",)),
+        (str(tmp_path / "bx"), base, ("g",)),
     }
 
 
