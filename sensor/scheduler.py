@@ -24,6 +24,9 @@ __all__ = ["Scheduler"]
 
 log = logging.getLogger(__name__)
 
+# Seconds between two log lines for a scheduled query that keeps failing alike.
+FAILURE_LOG_INTERVAL = 300.0
+
 
 class Scheduler:
     """Runs every scheduled query of a config in its own trio task."""
@@ -45,6 +48,8 @@ class Scheduler:
         self.executions: dict[str, int] = {}
         self.failures: dict[str, int] = {}
         self._limiter = trio.CapacityLimiter(1)
+        self._failure_logged: dict[str, tuple[float, str]] = {}
+        self._failures_unlogged: dict[str, int] = {}
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -64,9 +69,32 @@ class Scheduler:
                 self.execute, query, limiter=self._limiter
             )
         except QueryError as error:
-            self.failures[query.name] = self.failures.get(query.name, 0) + 1
-            log.error("scheduled query %s failed: %s", query.name, error)
+            self._log_failure(query, str(error))
             return []
+
+    def _log_failure(self, query: ScheduledQuery, message: str) -> None:
+        # A query that keeps failing logs its first failure, then one line per
+        # FAILURE_LOG_INTERVAL or whenever its error changes, with the count.
+        self.failures[query.name] = self.failures.get(query.name, 0) + 1
+        now = self.clock()
+        last = self._failure_logged.get(query.name)
+        unlogged = self._failures_unlogged.get(query.name, 0) + 1
+        if (
+            last is not None
+            and last[1] == message
+            and now - last[0] < FAILURE_LOG_INTERVAL
+        ):
+            self._failures_unlogged[query.name] = unlogged
+            return
+        log.error(
+            "scheduled query %s failed: %s (count=%d total=%d)",
+            query.name,
+            message,
+            unlogged,
+            self.failures[query.name],
+        )
+        self._failure_logged[query.name] = (now, message)
+        self._failures_unlogged[query.name] = 0
 
     def execute(self, query: ScheduledQuery) -> list[str]:
         """Run a query, write its result lines, then store its state (blocking)."""

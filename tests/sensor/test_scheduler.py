@@ -176,3 +176,21 @@ def test_snapshots_have_their_own_log(tmp_path, items):
     snapshot_lines = [json.loads(line) for line in snapshots.read_text().splitlines()]
     assert result_names == {"items"}
     assert [line["name"] for line in snapshot_lines] == ["snap"]
+
+
+async def test_repeated_failures_are_rate_limited(tmp_path, fake_tables, caplog):
+    schedule = {"bad": {"query": "SELECT * FROM test_files", "interval": 1}}
+    scheduler, _ = make_scheduler(tmp_path, schedule)
+    now = [1000.0]
+    scheduler.clock = lambda: now[0]
+    query = scheduler.config.schedule["bad"]
+    for _ in range(5):
+        await scheduler.run_once(query)
+        now[0] += 1
+    now[0] += 300
+    await scheduler.run_once(query)
+    errors = [record.getMessage() for record in caplog.records]
+    assert len(errors) == 2
+    assert errors[0].endswith("(count=1 total=1)")
+    assert errors[1].endswith("(count=5 total=6)")
+    assert scheduler.failures == {"bad": 6}
