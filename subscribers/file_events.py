@@ -268,8 +268,19 @@ def hash_file(path: bytes) -> dict[str, Any]:
             while chunk := file.read(_HASH_CHUNK):
                 for digest in digests:
                     digest.update(chunk)
+            # A writer may have grown the file since the lstat, so size and times
+            # are taken again from the content that was hashed.
+            after = os.fstat(fd)
     except OSError as error:
         logger.debug("hashing %s failed: %s", fs_text(path), error)
         return {"hashed": -1}
     md5, sha1, sha256 = (digest.hexdigest() for digest in digests)
-    return {"md5": md5, "sha1": sha1, "sha256": sha256, "hashed": 1}
+    return {
+        "md5": md5,
+        "sha1": sha1,
+        "sha256": sha256,
+        "hashed": 1,
+        "size": after.st_size,
+        "mtime": int(after.st_mtime),
+        "ctime": int(after.st_ctime),
+    }

@@ -12,7 +12,12 @@ from publishers.inotify import InotifyPublisher
 from sensor.engine import Engine
 from sensor.events import Event
 from sensor.store import Store
-from subscribers.file_events import SCHEMA, FileEventsSubscriber, describe_file
+from subscribers.file_events import (
+    SCHEMA,
+    FileEventsSubscriber,
+    describe_file,
+    hash_file,
+)
 
 # How long a test waits for events before it fails. Events usually arrive within
 # milliseconds, so this only bounds a broken run.
@@ -430,6 +435,19 @@ def test_describe_file_hashes_regular_files(tmp_path):
     assert described["hashed"] == 1
     assert described["sha1"] == digests(b"abc")["sha1"]
     assert described["mode"] == f"{os.stat(path).st_mode & 0o7777:04o}"
+
+
+def test_hashed_size_matches_content(tmp_path):
+    # Size and times come from the open file after hashing, so they describe the
+    # content that was hashed even when a writer grew the file after the lstat.
+    path = tmp_path / "f"
+    path.write_bytes(b"")
+    before = describe_file(os.fsencode(path), hashing=False)
+    path.write_bytes(b"grown content")
+    hashed = hash_file(os.fsencode(path))
+    assert before["size"] == 0
+    assert hashed["size"] == len(b"grown content")
+    assert hashed["md5"] == digests(b"grown content")["md5"]
 
 
 def test_describe_file_skips_directories(tmp_path):
