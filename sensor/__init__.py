@@ -1,3 +1,3 @@
-"""sensor: a Linux host-visibility agent that answers SQL about the machine."""
+"""sensor: a Linux host-visibility agent that runs SQL queries about the machine."""
 
 __version__ = "0.1.0"

@@ -1,6 +1,6 @@
 """The configuration file: osquery's config model written as TOML.
 
-`[options]` holds flags, `[file_paths]` and `[exclude_paths]` map a category to a list
+`[options]` contains flags, `[file_paths]` and `[exclude_paths]` map a category to a list
 of patterns, and each `[schedule.<name>]` table is one scheduled query. Relative paths
 in options are taken from the directory of the configuration file.
 """

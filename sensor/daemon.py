@@ -21,7 +21,7 @@ __all__ = ["serve", "host_identifier"]
 
 log = logging.getLogger(__name__)
 
-# Events a publisher may hand over before its subscriber catches up; past this the
+# Events a publisher may queue before its subscriber catches up. Past this, the
 # publisher counts drops with reason "queue_full" instead of blocking the kernel reader.
 EVENT_QUEUE_SIZE = 4096
 # How often the daemon writes its sources' statistics where other processes see them.

@@ -42,7 +42,7 @@ _NARROWING = ("=", "IN", "LIKE")
 
 # idxNum of a plan that leaves every required column unconstrained.
 _PLAN_UNSATISFIED = 1
-# How EXPLAIN QUERY PLAN shows such a plan; its idxStr follows.
+# The EXPLAIN QUERY PLAN detail of such a plan, followed by its idxStr.
 _UNSATISFIED_DETAIL = f"VIRTUAL TABLE INDEX {_PLAN_UNSATISFIED}:"
 
 
@@ -281,7 +281,7 @@ def _to_float(value: Any) -> Any:
 
 
 def _to_text(value: Any) -> Any:
-    # A str is kept unless it holds surrogates (bytes that the operating system
+    # A str is kept unless it contains surrogates (bytes that the operating system
     # could not decode). Raw bytes are always escaped, because they come straight
     # from the kernel and may contain control characters.
     if value is None:

@@ -13,7 +13,7 @@ class Event:
     """One kernel event, already parsed.
 
     `source` names the publisher ("inotify"), `time` is the Unix time in seconds at
-    which the publisher read it, and `fields` holds the columns it fills, named as
+    which the publisher read it, and `fields` contains the columns it fills, named as
     in the event table.
     """
 

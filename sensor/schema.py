@@ -92,7 +92,7 @@ class TableSchema:
         return tuple(column.name for column in self.columns if column.required)
 
     def create_statement(self) -> str:
-        """Return the CREATE TABLE statement that SQLite sees for this table."""
+        """Return the CREATE TABLE statement that declares this table to SQLite."""
         lines = []
         for column in self.columns:
             hidden = " HIDDEN" if column.hidden else ""

@@ -84,8 +84,8 @@ class Shell:
         return 1 if self.errors and not self.stdin.isatty() else 0
 
     def _input_lines(self) -> Iterator[str]:
-        # Piped input may hold bytes that are not UTF-8, such as a file name typed
-        # raw; they become surrogates here, which the engine writes as \xNN.
+        # Piped input may contain bytes that are not UTF-8, such as a file name
+        # typed raw. They become surrogates here, and the engine writes them as \xNN.
         stream = getattr(self.stdin, "buffer", None)
         if stream is None:
             yield from self.stdin

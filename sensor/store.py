@@ -127,7 +127,7 @@ class Store:
     ) -> Iterator[StoredEvent]:
         """Yield (eid, time, fields) in eid order, filtered by eid and time bounds.
 
-        `time_ranges` holds (operator, value) pairs with operators `>`, `>=`, `<`,
+        `time_ranges` contains (operator, value) pairs with operators `>`, `>=`, `<`,
         `<=` and `=`, as pushed down from a WHERE clause on `time`.
         """
         sql = ["SELECT eid, time, payload FROM events WHERE subscriber = ? AND eid > ?"]
