@@ -1,5 +1,7 @@
 """Tables that exist only for engine tests; each records the contexts it was given."""
 
+import threading
+
 from sensor.event_table import event_generator
 from sensor.schema import BIGINT, TEXT, Column, Table, TableSchema
 
@@ -71,3 +73,20 @@ TABLES += [
     Table(ITEMS_SCHEMA, generate_items),
     Table(EVENTS_SCHEMA, event_generator("test_events")),
 ]
+
+# test_slow blocks in its generator until a test sets this event.
+SLOW_GATE = threading.Event()
+# Seconds test_slow waits for SLOW_GATE before it gives up, so a broken test ends.
+SLOW_TIMEOUT = 30
+
+SLOW_SCHEMA = TableSchema(
+    "test_slow", "One row, once SLOW_GATE is set", (Column("n", BIGINT),)
+)
+
+
+def generate_slow(context):
+    # n is 1 when the gate was set in time and 0 when the wait timed out.
+    return [{"n": int(SLOW_GATE.wait(SLOW_TIMEOUT))}]
+
+
+TABLES.append(Table(SLOW_SCHEMA, generate_slow))

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import trio
 
 from sensor.config import parse_config
 from sensor.engine import Engine
@@ -194,3 +195,22 @@ async def test_repeated_failures_are_rate_limited(tmp_path, fake_tables, caplog)
     assert errors[0].endswith("(count=1 total=1)")
     assert errors[1].endswith("(count=5 total=6)")
     assert scheduler.failures == {"bad": 6}
+
+
+async def test_slow_query_leaves_event_loop_free(tmp_path, fake_tables):
+    schedule = {"slow": {"query": "SELECT n FROM test_slow", "interval": 1}}
+    scheduler, logger = make_scheduler(tmp_path, schedule)
+    fake_tables.SLOW_GATE.clear()
+    received = []
+    send, receive = trio.open_memory_channel(10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(scheduler.run_once, scheduler.config.schedule["slow"])
+        # While the query blocks in its worker thread, other tasks still run:
+        # this exchange would never finish if SQL ran on the event loop.
+        for value in range(5):
+            await send.send(value)
+            received.append(await receive.receive())
+        assert not fake_tables.SLOW_GATE.is_set()
+        fake_tables.SLOW_GATE.set()
+    assert received == [0, 1, 2, 3, 4]
+    assert [line["columns"]["n"] for line in logger.lines] == ["1"]
