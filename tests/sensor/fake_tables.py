@@ -80,7 +80,9 @@ SLOW_GATE = threading.Event()
 SLOW_TIMEOUT = 30
 
 SLOW_SCHEMA = TableSchema(
-    "test_slow", "One row, once SLOW_GATE is set", (Column("n", BIGINT),)
+    "test_slow",
+    "One row, once SLOW_GATE is set or its wait times out",
+    (Column("n", BIGINT),),
 )
 
 
