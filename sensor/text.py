@@ -1,11 +1,17 @@
-"""File names and other raw kernel bytes as SQL text, in a reversible escaped form.
+"""File names and other raw kernel bytes as SQL text.
 
 SQLite text must be valid UTF-8, but a Linux file name is any byte string and may
-contain control characters. `fs_text` writes a backslash as two backslashes, and a
-byte that is an ASCII control character or not part of valid UTF-8 as `\\xNN`.
-`path_bytes` reverses that exactly, so a name shown in a result can be typed back into
-a WHERE clause, two different names never render alike, and no name can move a
+contain control characters. `fs_text` writes each byte that is an ASCII control
+character or not part of valid UTF-8 as `\\xNN`, and leaves every other character,
+backslashes included, as it is. A name therefore reads as `ls` and `find` print it
+(systemd's `dev-disk-by\\x2duuid-...` names among them), and no name can move a
 terminal's cursor.
+
+The escape is not unique: the name of four ASCII characters `\\xff` and the name of the
+one byte 0xff render alike. So `candidate_paths` returns both readings of a text, a
+table returns a row for each that exists, and SQLite's own check of the WHERE clause
+keeps the rows whose rendered path matches. Such twins then both appear, rather than
+one hiding the other.
 """
 
 from __future__ import annotations
@@ -13,11 +19,11 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["fs_text", "path_bytes", "sql_text"]
+__all__ = ["candidate_paths", "fs_text", "sql_text"]
 
-_SPECIAL = re.compile(rb"[\x00-\x1f\x7f\\]")
+_SPECIAL = re.compile(rb"[\x00-\x1f\x7f]")
 _CONTROL = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F]}
-_ESCAPE = re.compile(rb"\\(\\|x[0-9a-fA-F]{2})")
+_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
 
 
 def fs_text(name: bytes | str) -> str:
@@ -33,24 +39,18 @@ def fs_text(name: bytes | str) -> str:
             return name.decode("utf-8")
         except UnicodeDecodeError:
             pass
-    escaped = name.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
-    return escaped.translate(_CONTROL)
+    return name.decode("utf-8", "backslashreplace").translate(_CONTROL)
 
 
-def _unescape(match: re.Match[bytes]) -> bytes:
-    escape = match.group(1)
-    if escape == b"\\":
-        return b"\\"
-    return bytes([int(escape[1:], 16)])
+def candidate_paths(text: str) -> list[bytes]:
+    """Return the file names that `fs_text` may have rendered as `text`.
 
-
-def path_bytes(text: str) -> bytes:
-    """Return the file name that `fs_text` rendered as `text`.
-
-    A backslash that starts neither `\\\\` nor `\\xNN` is kept as it is, so a name
-    typed by hand with a lone backslash still finds its file.
+    The literal reading comes first. When the text contains `\\xNN` escapes, the
+    name with those escapes turned back into bytes follows.
     """
-    return _ESCAPE.sub(_unescape, os.fsencode(text))
+    literal = os.fsencode(text)
+    decoded = _ESCAPE.sub(lambda match: bytes([int(match.group(1), 16)]), literal)
+    return [literal] if decoded == literal else [literal, decoded]
 
 
 def sql_text(text: str) -> str:

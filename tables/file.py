@@ -1,7 +1,7 @@
 """The file and hash tables: stat(2) details and digests of the paths a query names.
 
 Linux file names are byte strings, so every path here is bytes. A path written in
-a WHERE clause goes through `path_bytes` to find the bytes it stands for, and
+a WHERE clause goes through `candidate_paths` to find the bytes it stands for, and
 path columns are returned as bytes, which the engine renders with `fs_text`. A name
 shown in a result therefore finds the same file when typed back into `path = '...'`.
 """
@@ -26,7 +26,7 @@ from sensor.schema import (
     Table,
     TableSchema,
 )
-from sensor.text import path_bytes
+from sensor.text import candidate_paths
 
 __all__ = ["TABLES", "expand_pattern"]
 
@@ -106,10 +106,13 @@ _MAX_RECURSION_DEPTH = 64
 # --- which paths a query names ------------------------------------------------
 
 
-def _existing_path(text: str) -> bytes | None:
-    """Return the byte path that the text stands for, or None if it does not exist."""
-    path = path_bytes(text)
-    return path if os.path.lexists(path) else None
+def _existing_paths(text: str) -> list[bytes]:
+    """Return every existing byte path that the text may stand for.
+
+    A name and its escaped twin may both exist (see sensor.text). Both rows are
+    returned, and SQLite's check of the constraint keeps the ones it names.
+    """
+    return [path for path in candidate_paths(text) if os.path.lexists(path)]
 
 
 def _glob_pattern(pattern: bytes) -> bytes:
@@ -152,15 +155,18 @@ def expand_pattern(pattern: str, directories_only: bool = False) -> list[bytes]:
     match only a pattern that spells the dot, as with glob(3).
     """
     results: list[bytes] = []
-    candidate = path_bytes(pattern)
-    recursive = candidate.endswith(b"%%")
-    if recursive:
-        candidate = candidate[:-1]
-    visited: set[tuple[int, int]] = set()
-    for match in sorted(glob.glob(_glob_pattern(candidate))):
-        results.append(match)
-        if recursive and os.path.isdir(match):
-            results.extend(_walk(match, visited, 0))
+    for candidate in candidate_paths(pattern):
+        recursive = candidate.endswith(b"%%")
+        if recursive:
+            candidate = candidate[:-1]
+        visited: set[tuple[int, int]] = set()
+        for match in sorted(glob.glob(_glob_pattern(candidate))):
+            results.append(match)
+            if recursive and os.path.isdir(match):
+                results.extend(_walk(match, visited, 0))
+    # The two readings of a pattern rarely match the same names, but when they do,
+    # each path is returned once.
+    results = list(dict.fromkeys(results))
     if directories_only:
         results = [path for path in results if os.path.isdir(path)]
     return results
@@ -170,9 +176,7 @@ def _constraint_paths(context: QueryContext, column: str) -> list[bytes]:
     """Return the existing byte paths that `=`, `IN` and LIKE on a column name."""
     paths: list[bytes] = []
     for text in sorted(str(value) for value in context.equals(column) or ()):
-        path = _existing_path(text)
-        if path is not None:
-            paths.append(path)
+        paths.extend(_existing_paths(text))
     for op, value in context.constraints.get(column, ()):
         if op == "LIKE" and value is not None:
             paths.extend(expand_pattern(str(value), column == "directory"))

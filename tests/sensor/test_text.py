@@ -1,17 +1,16 @@
 import pytest
 
-from sensor.text import fs_text, path_bytes
+from sensor.text import candidate_paths, fs_text, sql_text
 
 CASES = [
     (b"/etc/hosts", "/etc/hosts"),
     (b"/tmp/caf\xc3\xa9", "/tmp/caf\u00e9"),
     (b"/tmp/caf\xe9", "/tmp/caf\\xe9"),
     (b"/tmp/bad\xff\xfename", "/tmp/bad\\xff\\xfename"),
-    (b"/tmp/bad\\xff\\xfename", "/tmp/bad\\\\xff\\\\xfename"),
     (b"/tmp/new\nline", "/tmp/new\\x0aline"),
     (b"/tmp/\x1b]0;title\x07", "/tmp/\\x1b]0;title\\x07"),
     (b"/tmp/del\x7f", "/tmp/del\\x7f"),
-    (b"C:\\temp", "C:\\\\temp"),
+    (b"/run/dev-disk-by\\x2duuid.swap", "/run/dev-disk-by\\x2duuid.swap"),
 ]
 
 
@@ -21,18 +20,22 @@ def test_fs_text_escapes(name, text):
 
 
 @pytest.mark.parametrize("name, text", CASES)
-def test_path_bytes_reverses(name, text):
-    assert path_bytes(text) == name
+def test_candidates_include_name(name, text):
+    assert name in candidate_paths(text)
 
 
-def test_distinct_names_render_distinctly():
-    names = [b"bad\xff", b"bad\\xff", b"bad\\\\xff"]
-    assert len({fs_text(name) for name in names}) == len(names)
+def test_literal_reading_comes_first():
+    assert candidate_paths("/run/a\\x2db") == [b"/run/a\\x2db", b"/run/a-b"]
+
+
+def test_plain_text_has_one_reading():
+    assert candidate_paths("/etc/hosts") == [b"/etc/hosts"]
 
 
 def test_surrogate_str_is_escaped():
     assert fs_text("caf\udce9") == "caf\\xe9"
 
 
-def test_lone_backslash_typed_by_hand():
-    assert path_bytes("/tmp/a\\b") == b"/tmp/a\\b"
+def test_sql_text_keeps_backslashes():
+    assert sql_text("SELECT 'a\\b'") == "SELECT 'a\\b'"
+    assert sql_text("SELECT 'caf\udce9'") == "SELECT 'caf\\xe9'"

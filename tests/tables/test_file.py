@@ -329,19 +329,30 @@ def test_hash_requires_path_or_directory(engine):
     assert "directory" in str(error.value)
 
 
-def test_escaped_and_literal_names_stay_apart(engine, tmp_path):
-    raw = os.path.join(os.fsencode(tmp_path), b"bad\xff\xfename")
-    literal = os.path.join(os.fsencode(tmp_path), b"bad\\xff\\xfename")
+def test_escaped_twins_both_returned(engine, tmp_path):
+    # The name of the byte 0xff and the name of the four characters \xff render
+    # alike, so a lookup returns both rather than letting one hide the other.
+    raw = os.path.join(os.fsencode(tmp_path), b"bad\xff")
+    literal = os.path.join(os.fsencode(tmp_path), b"bad\\xff")
     for path, content in ((raw, b"raw"), (literal, b"literal")):
         with open(path, "wb") as stream:
             stream.write(content)
 
+    shown = f"{tmp_path}/bad\\xff"
     listed = engine.execute(
         f"SELECT path, size FROM file WHERE directory = '{tmp_path}'"
-    )
-    assert len({path for path, _ in listed.rows}) == 2
-    for path, size in listed.rows:
-        found = engine.execute("SELECT size FROM file WHERE path = ?", (path,)).rows
-        assert found == [(size,)]
-    sizes = sorted(size for _, size in listed.rows)
-    assert sizes == [3, 7]
+    ).rows
+    found = engine.execute("SELECT path, size FROM file WHERE path = ?", (shown,)).rows
+    assert sorted(listed) == [(shown, 3), (shown, 7)]
+    assert sorted(found) == [(shown, 3), (shown, 7)]
+
+
+def test_systemd_escaped_name_is_literal(engine, tmp_path):
+    # systemd writes '-' as \x2d in unit names; such a name is shown and found as
+    # ls prints it, and the file whose name has a real '-' is not returned for it.
+    escaped = tmp_path / "dev-disk-by\\x2duuid.swap"
+    plain = tmp_path / "dev-disk-by-uuid.swap"
+    escaped.write_text("escaped")
+    plain.write_text("plain")
+    rows = engine.execute("SELECT path, size FROM file WHERE path = ?", (str(escaped),))
+    assert rows.rows == [(str(escaped), 7)]
