@@ -204,6 +204,9 @@ class _Daemon:
                     deadline = trio.current_time() + DRAIN_TIMEOUT
                     subscribers.cancel_scope.deadline = deadline
                 services.cancel_scope.cancel()
+                # A worker thread cannot be cancelled, so the query it runs is
+                # interrupted, or the nursery would wait for it to finish.
+                self.scheduler.stop()
 
     def close(self) -> None:
         self.statistics.flush()

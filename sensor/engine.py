@@ -40,6 +40,11 @@ _COST_UNUSABLE = 1e18
 # because osquery's file and hash tables expand LIKE patterns on `path`.
 _NARROWING = ("=", "IN", "LIKE")
 
+# Virtual machine steps between two progress callbacks; small enough that Ctrl-C
+# stops a query within milliseconds, large enough to cost nothing measurable.
+_PROGRESS_STEPS = 10_000
+
+
 # idxNum of a plan that leaves every required column unconstrained.
 _PLAN_UNSATISFIED = 1
 # The EXPLAIN QUERY PLAN detail of such a plan, followed by its idxStr.
@@ -83,6 +88,12 @@ class Engine:
         self.scope: str | None = None
         self.tables_read: set[str] = set()
         self.pending_marks: dict[tuple[str, str], int] = {}
+        # SQLite calls back every _PROGRESS_STEPS virtual machine steps. The callback
+        # is Python code, so a pending signal handler runs there, and Ctrl-C stops
+        # even a query that never leaves SQLite, such as a recursive CTE.
+        # It also aborts every statement once `stop` has been called.
+        self.stopped = False
+        self.connection.set_progress_handler(self._progress, _PROGRESS_STEPS)
         for name in TABLE_MODULES:
             self.connection.create_module(
                 name,
@@ -130,6 +141,19 @@ class Engine:
     def is_event_based(self, result: QueryResult) -> bool:
         """Return whether the statement read an `*_events` table."""
         return any(load_table(name).schema.event_table for name in result.tables)
+
+    def stop(self) -> None:
+        """Abort the statement running on this engine and every later one.
+
+        Callable from any thread. Such statements raise QueryError("interrupted").
+        A statement that starts just after this call, before SQLite runs, is
+        aborted at its first progress callback.
+        """
+        self.stopped = True
+        self.connection.interrupt()
+
+    def _progress(self) -> bool:
+        return self.stopped
 
     def check(self, sql: str) -> None:
         """Prepare every statement of `sql` without running it.

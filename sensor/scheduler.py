@@ -48,6 +48,7 @@ class Scheduler:
         self.executions: dict[str, int] = {}
         self.failures: dict[str, int] = {}
         self._limiter = trio.CapacityLimiter(1)
+        self.stopping = False
         self._failure_logged: dict[str, tuple[float, str]] = {}
         self._failures_unlogged: dict[str, int] = {}
 
@@ -69,8 +70,16 @@ class Scheduler:
                 self.execute, query, limiter=self._limiter
             )
         except QueryError as error:
-            self._log_failure(query, str(error))
+            if self.stopping:
+                log.info("scheduled query %s stopped by shutdown", query.name)
+            else:
+                self._log_failure(query, str(error))
             return []
+
+    def stop(self) -> None:
+        """Abort the running query, if any, so that shutdown does not wait for it."""
+        self.stopping = True
+        self.engine.stop()
 
     def _log_failure(self, query: ScheduledQuery, message: str) -> None:
         # A query that keeps failing logs its first failure, then one line per

@@ -189,3 +189,31 @@ def test_repeated_sigterm_still_exits_zero(daemon_config):
     stderr = daemon.process.stderr.read()
     assert status == 0, stderr
     assert "sensor stopped" in stderr
+
+
+def test_sigterm_interrupts_running_query(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(
+        """
+[options]
+logger_plugin = "filesystem"
+
+[schedule.forever]
+query = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+interval = 1
+"""
+    )
+    daemon = Daemon(config)
+    try:
+        wait_for(lambda: _stderr_has(daemon, "sensor started"), "the daemon to start")
+        daemon.process.send_signal(signal.SIGTERM)
+    finally:
+        status = daemon.stop()
+    assert status == 0
+
+
+def _stderr_has(daemon, text):
+    # The daemon logs to stderr, which this reads line by line without blocking
+    # past the first line that contains `text`.
+    line = daemon.process.stderr.readline()
+    return text in line

@@ -1,3 +1,5 @@
+import threading
+
 import pytest
 
 from sensor.engine import Engine
@@ -105,3 +107,29 @@ def test_empty_sql_has_empty_result():
     result = Engine().execute("")
     assert result.columns == []
     assert result.rows == []
+
+
+COUNT_FOREVER = (
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+    "SELECT count(*) FROM c"
+)
+
+
+def test_stop_from_another_thread():
+    engine = Engine()
+    timer = threading.Timer(0.2, engine.stop)
+    timer.start()
+    try:
+        with pytest.raises(QueryError) as raised:
+            engine.execute(COUNT_FOREVER)
+    finally:
+        timer.cancel()
+    assert str(raised.value) == "interrupted"
+
+
+def test_stopped_engine_aborts_later_statements():
+    engine = Engine()
+    engine.stop()
+    with pytest.raises(QueryError) as raised:
+        engine.execute(COUNT_FOREVER)
+    assert str(raised.value) == "interrupted"

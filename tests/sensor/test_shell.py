@@ -1,7 +1,9 @@
 import io
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from prompt_toolkit.history import FileHistory
@@ -205,3 +207,31 @@ def test_unusable_history_path_is_one_line(tmp_path):
     message = str(raised.value)
     assert message.startswith(f"history file {tmp_path}: cannot open: ")
     assert message.endswith("choose another with --history FILE")
+
+
+def test_sigint_cancels_query_and_shell_goes_on():
+    # The query never leaves SQLite; SIGINT must still stop it, and the next
+    # statement must run.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sensor.cli", "shell"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        process.stdin.write(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+            "SELECT count(*) FROM c;\nSELECT 7 AS after;\n"
+        )
+        process.stdin.close()
+        time.sleep(1)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+        stdout, stderr = process.stdout.read(), process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert stderr == "Error: interrupted\n"
+    assert "| 7     |" in stdout
