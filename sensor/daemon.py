@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import logging
+import os
 import signal
 import socket
 from typing import Any
@@ -12,7 +14,7 @@ import trio
 
 from sensor.config import Config, Options
 from sensor.engine import Engine
-from sensor.errors import ConfigError, PublisherError, QueryError
+from sensor.errors import ConfigError, PublisherError, QueryError, SensorError
 from sensor.loggers import open_loggers
 from sensor.scheduler import Scheduler
 from sensor.store import Store
@@ -164,14 +166,21 @@ class _Daemon:
         options = config.options
         self.config = config
         self.store = Store(options.database_path)
+        self.lock_fd = _lock_database(options.database_path)
         self.engine = Engine(Store(options.database_path))
         # A query that can never run is a config error, found before the
         # daemon starts rather than logged at every interval.
         for query in config.schedule.values():
+            key = f"schedule.{query.name}.query"
             try:
-                self.engine.check(query.query)
+                statements = self.engine.check(query.query)
             except QueryError as error:
-                raise ConfigError(f"schedule.{query.name}.query: {error}") from None
+                raise ConfigError(f"{key}: {error}") from None
+            if statements != 1:
+                raise ConfigError(
+                    f"{key}: contains {statements} statements; "
+                    "a scheduled query must be exactly one"
+                )
         self.loggers = open_loggers(options)
         self.statistics = _Statistics(self.store)
         self.scheduler = Scheduler(
@@ -214,3 +223,26 @@ class _Daemon:
             logger.close()
         self.engine.store.close()
         self.store.close()
+        os.close(self.lock_fd)
+
+
+def _lock_database(database_path: str) -> int:
+    """Take the lock that keeps a second daemon off this database; return its fd.
+
+    The lock file, beside the database, contains the pid of the daemon holding it.
+    The kernel releases the lock when that process ends, however it ends.
+    """
+    path = database_path + ".pid"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise SensorError(
+            f"another sensor daemon (pid {holder}) is using database {database_path}; "
+            "stop it or give this config another database_path"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd

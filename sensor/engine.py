@@ -155,8 +155,8 @@ class Engine:
     def _progress(self) -> bool:
         return self.stopped
 
-    def check(self, sql: str) -> None:
-        """Prepare every statement of `sql` without running it.
+    def check(self, sql: str) -> int:
+        """Prepare every statement of `sql` without running it; return how many.
 
         Raise QueryError for a syntax error, an unknown table or column, or a table
         whose required columns are left unconstrained.
@@ -164,6 +164,7 @@ class Engine:
         import apsw.ext
 
         remaining = sql_text(sql)
+        statements = 0
         while remaining.strip():
             try:
                 info = apsw.ext.query_info(
@@ -171,8 +172,11 @@ class Engine:
                 )
             except apsw.Error as error:
                 raise QueryError(self._explain(error)) from None
+            # A comment or a lone semicolon prepares to no program.
+            statements += 1 if info.has_vdbe else 0
             self._check_plan(info.query_plan)
             remaining = info.query_remaining or ""
+        return statements
 
     def _check_plan(self, plan: Any) -> None:
         if plan is None:

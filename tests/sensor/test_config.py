@@ -165,6 +165,14 @@ def test_exclude_needs_known_category(tmp_path):
             "[schedule.p]\nquery = 'SELECT * FROM nosuch'\ninterval = 1\n",
             "schedule.p.query: no such table: nosuch",
         ),
+        (
+            "[schedule.p]\nquery = 'SELECT 1; SELECT 2'\ninterval = 1\n",
+            "schedule.p.query: contains 2 statements",
+        ),
+        (
+            "[schedule.p]\nquery = '-- only a comment'\ninterval = 1\n",
+            "schedule.p.query: contains 0 statements",
+        ),
     ],
 )
 def test_daemon_rejects_unusable_config(tmp_path, text, expected):

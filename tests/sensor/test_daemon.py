@@ -217,3 +217,22 @@ def _stderr_has(daemon, text):
     # past the first line that contains `text`.
     line = daemon.process.stderr.readline()
     return text in line
+
+
+def test_second_daemon_on_same_database_is_rejected(daemon_config):
+    config, _, _, log_path = daemon_config
+    first = Daemon(config)
+    try:
+        wait_for(lambda: read_lines(log_path), "the first result line")
+        second = subprocess.run(
+            sensor_command("run", "--config", str(config)),
+            capture_output=True,
+            text=True,
+            timeout=WAIT_SECONDS,
+        )
+    finally:
+        status = first.stop()
+    assert status == 0
+    assert second.returncode == 1
+    assert second.stderr.count("\n") == 1
+    assert f"another sensor daemon (pid {first.process.pid})" in second.stderr
