@@ -26,11 +26,30 @@ The same snapshot reconciles state after an IN_Q_OVERFLOW: all patterns are walk
 again, watches re-added, and differences reported as CREATED, UPDATED,
 ATTRIBUTES_MODIFIED or DELETED.
 
+A watched directory that moves keeps its watch descriptor, so its watch must follow
+it or end. A move between two watched places arrives as MOVED_FROM and MOVED_TO on
+the parents. The watches below are then renamed when the same (pattern, depth) pairs
+apply at both places, and otherwise removed and added again at the new place. The
+kernel queues IN_MOVE_SELF on the directory after that pair (fsnotify_move in
+include/linux/fsnotify.h), so a MOVED_FROM still unpaired then went to a place that
+no pattern watches. A directory whose parent is not watched gets only IN_MOVE_SELF,
+and a stored (st_dev, st_ino) per watch tells whether its path still names it.
+
+A directory that left for an unwatched place loses its watches, and events still
+queued for them are skipped, so nothing written into the moved copy is reported
+under the old path. Each pattern whose start was in the moved tree reports
+MOVED_FROM for it, and its nearest existing directory is watched instead, as after
+a delete. A directory that moves in from an unwatched place makes
+inotify_add_watch return its old watch descriptor, and that watch moves to the new
+path.
+
 Lost events are counted per reason in `statistics()`: `queue_full` (the channel to the
 subscriber was full), `overflow` (the kernel queue overflowed), `watch_limit` and
-`watch_failed` (one per directory that could not be watched) and `parse_error` (one
-per read that could not be parsed). Each reason is also logged as a WARNING, at most
-once a minute, with the count since the previous warning.
+`watch_failed` (one per directory that could not be watched), `rewatch_failed` (one
+per pattern whose start or nearest existing ancestor kept vanishing while it was
+watched again) and `parse_error` (one per read that could not be parsed). Each reason
+is also logged as a WARNING, at most once a minute, with the count since the
+previous warning.
 """
 
 from __future__ import annotations
@@ -78,7 +97,11 @@ _ENTRY_MASK = (
 )
 _ACCESS_MASK = flags.OPEN | flags.ACCESS
 # IN_EXCL_UNLINK: no events for files that were unlinked while still open.
-_WATCH_FLAGS = flags.ONLYDIR | flags.EXCL_UNLINK
+_WATCH_FLAGS = flags.ONLYDIR | flags.EXCL_UNLINK | flags.MOVE_SELF
+
+# Attempts to watch a pattern's nearest existing directory again when each attempt
+# finds it gone before inotify_add_watch.
+_REWATCH_ATTEMPTS = 3
 
 
 class RawEvent(NamedTuple):
@@ -125,14 +148,43 @@ class _FileState(NamedTuple):
 
 @dataclass
 class _Watch:
+    """A watched directory: its path, (rule, depth) pairs and (st_dev, st_ino)."""
+
     path: bytes
+    identity: tuple[int, int] | None
     rules: set[tuple[int, int]] = field(default_factory=set)
+    # Moves already followed to the new path whose IN_MOVE_SELF is still queued.
+    followed: int = 0
 
 
 @dataclass
 class _Rule:
     pattern: WatchPattern
     category: str
+    literal_depth: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.literal_depth = self.pattern.literal_depth
+
+    def pinned(self, path: bytes, depth: int) -> bool:
+        """Return whether `path`, watched at `depth`, is the pattern's start or an
+        ancestor of it, so that it is watched for its path, not for its parent."""
+        if depth > self.literal_depth:
+            return False
+        return path == b"/" + b"/".join(self.pattern.levels[:depth])
+
+
+class _Move(NamedTuple):
+    """A directory's MOVED_FROM whose MOVED_TO may still come."""
+
+    path: bytes
+    # The (rule, depth) pairs that applied to it at `path`, from its parent's watch.
+    rules: frozenset[tuple[int, int]]
+    read: int
+    # Its own watch descriptor, or None when it was not watched.
+    wd: int | None
+    # The categories that its MOVED_FROM was reported in.
+    categories: tuple[str, ...]
 
 
 @dataclass
@@ -187,9 +239,8 @@ class InotifyPublisher:
         # UPDATED at a batch end while still open (see the module docstring).
         self._written: dict[bytes, tuple[str, ...]] = {}
         self._flushed: dict[bytes, tuple[str, ...]] = {}
-        # Directory moves whose MOVED_TO may come in the next read: cookie to
-        # (old path, (rule, depth) pairs that applied to it there, read number).
-        self._moves: dict[int, tuple[bytes, frozenset[tuple[int, int]], int]] = {}
+        # Directory moves whose MOVED_TO may still come, by cookie.
+        self._moves: dict[int, _Move] = {}
         self._reads = 0
 
         self._warnings = LossWarnings(logger)
@@ -290,12 +341,16 @@ class InotifyPublisher:
                 self._overflow()
             elif raw.mask & flags.IGNORED:
                 self._forget(raw.wd, batch)
-            elif raw.name and raw.wd in self._watches:
-                # Events on a watched directory itself (no name) are skipped,
-                # because its parent's watch reports them when a pattern matches.
+            elif raw.wd not in self._watches:
+                pass  # Queued before its watch was removed.
+            elif raw.name:
                 self._handle_entry(self._watches[raw.wd], raw, batch)
+            elif raw.mask & flags.MOVE_SELF:
+                self._moved_self(raw.wd, batch)
+            # Other events on a watched directory itself (no name) are skipped,
+            # because its parent's watch reports them when a pattern matches.
         last = raw_events[-1] if raw_events else None
-        self._settle_moves(last)
+        self._settle_moves(last, batch)
         self._flush_written(batch)
         return batch, overflowed
 
@@ -334,7 +389,9 @@ class InotifyPublisher:
             self._gone(path, "MOVED_FROM", categories, raw.cookie, batch)
             if is_dir:
                 rules = frozenset(children)
-                self._moves[raw.cookie] = (path, rules, self._reads)
+                wd = self._wds.get(path)
+                move = _Move(path, rules, self._reads, wd, categories)
+                self._moves[raw.cookie] = move
         if mask & flags.MOVED_TO:
             if is_dir:
                 self._moved_in(raw.cookie, path, children, batch)
@@ -416,7 +473,7 @@ class InotifyPublisher:
     def _add_tree(self, roots: list[tuple[bytes, int, int]], batch: _Batch) -> None:
         """Watch new (directory, rule, depth) roots and everything below them, and
         report the entries found there as CREATED."""
-        found = self._walk(roots)
+        found = self._walk(roots, batch)
         for entry, state in found.items():
             known = self._snapshot.get(entry)
             self._snapshot[entry] = state
@@ -432,31 +489,103 @@ class InotifyPublisher:
     ) -> None:
         move = self._moves.pop(cookie, None)
         if move is not None:
-            old_path, old_rules, _ = move
-            if old_rules == frozenset(children):
-                self._rename_tree(old_path, path)
+            if move.rules == frozenset(children) and not self._pinned_within(move.path):
+                self._rename_tree(move.path, path)
+                if move.wd in self._watches:
+                    self._watches[move.wd].followed += 1
                 return
-            self._drop_tree(old_path)
+            self._drop_tree(move.path, batch, cookie, move.categories)
         if children:
             roots = [(path, rule, depth) for rule, depth in children]
             self._add_tree(roots, batch)
 
-    def _settle_moves(self, last: RawEvent | None) -> None:
+    def _settle_moves(self, last: RawEvent | None, batch: _Batch) -> None:
         """Stop watching directories that were moved away from every pattern.
 
-        A MOVED_FROM that ends a read may have its MOVED_TO at the start of the next
-        read, so it waits one read longer.
+        IN_MOVE_SELF settles the move of a watched directory, so this only acts when
+        that event was not seen. A MOVED_FROM that ends a read may have its MOVED_TO
+        at the start of the next read, so it waits one read longer.
         """
-        for cookie, (path, _, read) in list(self._moves.items()):
+        for cookie, move in list(self._moves.items()):
             waiting = (
-                read == self._reads
+                move.read == self._reads
                 and last is not None
                 and last.cookie == cookie
                 and last.mask & flags.MOVED_FROM
             )
-            if not waiting:
+            if waiting:
+                continue
+            del self._moves[cookie]
+            watch = self._watches.get(move.wd) if move.wd is not None else None
+            if watch is not None and watch.path == move.path:
+                self._drop_tree(move.path, batch, cookie, move.categories)
+
+    def _moved_self(self, wd: int, batch: _Batch) -> None:
+        """Handle IN_MOVE_SELF on a watched directory.
+
+        Any MOVED_TO of the move came before this event, so a MOVED_FROM still
+        waiting for one went to a place that no pattern watches.
+        """
+        watch = self._watches[wd]
+        move = self._pop_move(wd)
+        if move is not None:
+            cookie, categories = move
+            self._moved_away(wd, None, batch, cookie, categories)
+        elif watch.followed:
+            watch.followed -= 1
+        elif watch.identity is None or _identity(watch.path) != watch.identity:
+            self._moved_away(wd, None, batch)
+        # Otherwise the directory is back at its path already, or an overflow's
+        # rescan watched it there.
+
+    def _moved_away(
+        self,
+        wd: int,
+        new: bytes | None,
+        batch: _Batch,
+        cookie: int = 0,
+        reported: tuple[str, ...] = (),
+    ) -> None:
+        """Stop watching the tree at the old path of watch `wd`, which moved to `new`
+        or, when `new` is None, to a place no pattern watches."""
+        old = self._watches[wd].path
+        if new is None:
+            logger.info("inotify: watched directory %s was moved away", fs_text(old))
+            keep = None
+        else:
+            logger.info("inotify: %s was moved to %s", fs_text(old), fs_text(new))
+            keep = wd, new
+        self._drop_tree(old, batch, cookie, reported, keep)
+
+    def _pop_move(self, wd: int) -> tuple[int, tuple[str, ...]] | None:
+        """Forget the moves of watch `wd` that wait for a MOVED_TO; return the last
+        one's cookie and the categories its MOVED_FROM was reported in."""
+        found = None
+        for cookie, move in list(self._moves.items()):
+            if move.wd == wd:
                 del self._moves[cookie]
-                self._drop_tree(path)
+                found = cookie, move.categories
+        return found
+
+    def _categories(self, path: bytes, rules: Iterable[int]) -> list[str]:
+        """Return the categories of rules, in rule order, that do not exclude
+        `path`."""
+        categories = []
+        for rule_index in sorted(rules):
+            category = self._rules[rule_index].category
+            if category not in categories and not self._excluded(category, path):
+                categories.append(category)
+        return categories
+
+    def _pinned_within(self, top: bytes) -> bool:
+        """Return whether a watch in the tree at `top` is on a pattern's literal
+        path, which a rename moves the tree off."""
+        return any(
+            self._rules[rule_index].pinned(watch.path, depth)
+            for watch in self._watches.values()
+            if _within(watch.path, top)
+            for rule_index, depth in watch.rules
+        )
 
     def _rename_tree(self, old: bytes, new: bytes) -> None:
         def renamed(path: bytes) -> bytes:
@@ -471,21 +600,75 @@ class InotifyPublisher:
             for path in [path for path in mapping if _within(path, old)]:
                 mapping[renamed(path)] = mapping.pop(path)
 
-    def _drop_tree(self, top: bytes) -> None:
-        """Stop watching a directory tree that left every pattern."""
+    def _drop_tree(
+        self,
+        top: bytes,
+        batch: _Batch,
+        cookie: int = 0,
+        reported: tuple[str, ...] = (),
+        keep: tuple[int, bytes] | None = None,
+    ) -> None:
+        """Stop watching a directory tree that left its place.
+
+        Each pattern whose start was in the tree, or was missing below it, reports
+        MOVED_FROM for the directory it was pinned to, unless the parent's watch
+        reported it in `reported`. Its nearest existing directory is then watched
+        again. `keep` is a (wd, new path) pair for a watch that stays, without
+        rules, because a walk is watching the directory at its new path.
+        """
         assert self._inotify is not None
+        pinned = set()
         for wd, watch in list(self._watches.items()):
-            if _within(watch.path, top):
-                del self._watches[wd]
-                if self._wds.get(watch.path) == wd:
-                    del self._wds[watch.path]
-                try:
-                    self._inotify.rm_watch(wd)
-                except OSError:
-                    pass  # Already gone, so its IN_IGNORED finds no watch.
+            if not _within(watch.path, top):
+                continue
+            rules = {r for r, d in watch.rules if self._rules[r].pinned(watch.path, d)}
+            categories = self._categories(watch.path, rules)
+            if watch.path == top:
+                categories = [c for c in categories if c not in reported]
+            self._add(batch, "MOVED_FROM", watch.path, tuple(categories), cookie)
+            pinned.update(rules)
+            if self._wds.get(watch.path) == wd:
+                del self._wds[watch.path]
+            if keep is not None and wd == keep[0]:
+                continue
+            del self._watches[wd]
+            try:
+                self._inotify.rm_watch(wd)
+            except OSError:
+                pass  # Already gone, so its IN_IGNORED finds no watch.
         for mapping in (self._snapshot, self._written, self._flushed):
             for path in [path for path in mapping if _within(path, top)]:
                 del mapping[path]
+
+        if keep is not None:
+            wd, new = keep
+            watch = self._watches[wd]
+            watch.path = new
+            watch.rules.clear()
+            watch.followed += 1
+            self._wds[new] = wd
+        for rule_index in sorted(pinned):
+            self._rewatch(rule_index, batch)
+
+    def _rewatch(self, rule_index: int, batch: _Batch) -> None:
+        """Watch a pattern's start, or its nearest existing ancestor, so that the
+        start is seen when it returns, and report what the start already contains."""
+        pattern = self._rules[rule_index].pattern
+        for _ in range(_REWATCH_ATTEMPTS):
+            directory, depth = nearest_directory(pattern)
+            self._add_tree([(directory, rule_index, depth)], batch)
+            wd = self._wds.get(directory)
+            if wd is not None and (rule_index, depth) in self._watches[wd].rules:
+                return
+            if os.path.isdir(directory):
+                return  # The watch failed, and _watch_failed counted that.
+        self._fail(
+            "rewatch_failed",
+            1,
+            "inotify cannot watch %s again for %s: the directory keeps vanishing",
+            fs_text(directory),
+            pattern.text,
+        )
 
     def _unmap(self, path: bytes, batch: _Batch) -> None:
         """Forget the watch of a deleted directory at once.
@@ -508,11 +691,9 @@ class InotifyPublisher:
             return
         if self._wds.get(watch.path) == wd:
             del self._wds[watch.path]
-        for rule_index, depth in watch.rules:
-            pattern = self._rules[rule_index].pattern
-            if depth <= pattern.literal_depth:
-                directory, start_depth = nearest_directory(pattern)
-                self._add_tree([(directory, rule_index, start_depth)], batch)
+        rules = {r for r, d in watch.rules if self._rules[r].pinned(watch.path, d)}
+        for rule_index in sorted(rules):
+            self._rewatch(rule_index, batch)
 
     # Walking patterns: initial watches and the rescan after an overflow
 
@@ -529,14 +710,21 @@ class InotifyPublisher:
             roots.append((directory, rule_index, depth))
         return self._walk(roots)
 
-    def _walk(self, roots: list[tuple[bytes, int, int]]) -> dict[bytes, _FileState]:
+    def _walk(
+        self, roots: list[tuple[bytes, int, int]], batch: _Batch | None = None
+    ) -> dict[bytes, _FileState]:
         """Watch each (directory, rule, depth) root and every directory below it that
-        its pattern reaches; return the state of every reported entry found."""
+        its pattern reaches; return the state of every reported entry found.
+
+        `batch` receives the events of a watched directory found moved here from an
+        unwatched place. Without it, as in a full walk, such a directory keeps its
+        old path.
+        """
         found: dict[bytes, _FileState] = {}
         stack = list(roots)
         while stack:
             directory, rule_index, depth = stack.pop()
-            if not self._watch(directory, rule_index, depth):
+            if not self._watch(directory, rule_index, depth, batch):
                 continue
             rule = self._rules[rule_index]
             reported, children = scan_directory(
@@ -551,7 +739,9 @@ class InotifyPublisher:
             )
         return found
 
-    def _watch(self, directory: bytes, rule_index: int, depth: int) -> bool:
+    def _watch(
+        self, directory: bytes, rule_index: int, depth: int, batch: _Batch | None
+    ) -> bool:
         """Watch a directory for a (rule, depth); return False when it already was, or
         when the watch failed."""
         assert self._inotify is not None
@@ -562,8 +752,16 @@ class InotifyPublisher:
             except OSError as error:
                 self._watch_failed(directory, error)
                 return False
-            watch = self._watches.setdefault(wd, _Watch(directory))
-            if watch.path != directory:
+            watch = self._watches.get(wd)
+            if watch is None:
+                self._watches[wd] = _Watch(directory, _identity(directory))
+            elif watch.path == directory:
+                pass
+            elif batch is not None and _identity(watch.path) != watch.identity:
+                # The directory moved here from a place no pattern watches, and
+                # its IN_MOVE_SELF is still queued.
+                self._moved_away(wd, directory, batch)
+            else:
                 # Another path reaches the same directory (a bind mount or a
                 # symbolic link in a pattern): events keep the first path.
                 logger.debug(
@@ -706,6 +904,16 @@ def _found(found: dict[bytes, _FileState], path: bytes, category: str) -> None:
             return
     if category not in state.categories:
         found[path] = state._replace(categories=state.categories + (category,))
+
+
+def _identity(path: bytes) -> tuple[int, int] | None:
+    """Return the (st_dev, st_ino) of the directory that `path` names now, following
+    symbolic links as inotify_add_watch does, or None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _within(path: bytes, top: bytes) -> bool:

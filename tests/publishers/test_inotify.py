@@ -476,3 +476,278 @@ async def test_publisher_overflow_rescan(tmp_path, small_inotify_queue, caplog):
     assert statistics.drop_reasons == {"overflow": 1}
     assert "overflowed" in statistics.last_error
     assert loss_warnings(caplog, "overflow") == [(1, 1)]
+
+
+# A watched directory that is moved away. A file written before the publisher
+# watches its new directory is reported by the listing, as CREATED only. Each test
+# ends by waiting for a file written after that, so every earlier event is read.
+
+
+def categories(events, path):
+    path = os.fsencode(path)
+    return [
+        e.fields["category"] for e in events.events if e.fields["target_path"] == path
+    ]
+
+
+@pytest.mark.parametrize("suffix", ["%%", "**", "%"])
+async def test_publisher_start_directory_moved_away(tmp_path, suffix):
+    watched = tmp_path / "d8" / "w"
+    watched.mkdir(parents=True)
+    old = tmp_path / "d8" / "w-old"
+    publisher = InotifyPublisher({"w": [f"{watched}/{suffix}"]})
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        # No checkpoint between these steps, as in a shell script.
+        os.rename(watched, old)
+        watched.mkdir()
+        (watched / "new-in-w").write_bytes(b"1")
+        (old / "in-old").write_bytes(b"1")
+        await events.wait("CREATED", watched / "new-in-w")
+        (watched / "marker").write_bytes(b"1")
+        await events.wait("UPDATED", watched / "marker")
+        nursery.cancel_scope.cancel()
+
+    assert events.actions(watched / "in-old") == []
+    assert events.actions(old / "in-old") == []
+    assert events.actions(watched) == ["MOVED_FROM"]
+    assert events.actions(watched / "new-in-w")[0] == "CREATED"
+    assert events.actions(watched / "marker") == ["CREATED", "UPDATED"]
+    assert publisher.statistics().dropped == 0
+
+
+async def test_publisher_recreated_start_directory(tmp_path):
+    watched = tmp_path / "d8" / "w"
+    watched.mkdir(parents=True)
+    publisher = InotifyPublisher({"w": [f"{watched}/%%"]})
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        os.rename(watched, tmp_path / "d8" / "w-old")
+        await events.wait("MOVED_FROM", watched)
+        # The publisher watches d8 by now, so it gets the new directory's IN_CREATE.
+        watched.mkdir()
+        (watched / "f").write_bytes(b"1")
+        await events.wait("CREATED", watched / "f")
+        (watched / "g").write_bytes(b"1")
+        await events.wait("UPDATED", watched / "g")
+        (watched / "sub").mkdir()
+        await events.wait("CREATED", watched / "sub")
+        (watched / "sub" / "h").write_bytes(b"1")
+        await events.wait("UPDATED", watched / "sub" / "h")
+        nursery.cancel_scope.cancel()
+
+    assert events.actions(watched / "g") == ["CREATED", "UPDATED"]
+    assert events.actions(watched / "sub" / "h") == ["CREATED", "UPDATED"]
+    assert events.actions(watched / "sub") == ["CREATED"]
+    assert events.actions(watched) == ["MOVED_FROM"]
+
+
+async def test_publisher_moved_copy_not_reported(tmp_path):
+    watched = tmp_path / "d8" / "w"
+    (watched / "sub").mkdir(parents=True)
+    old = tmp_path / "d8" / "w-old"
+    publisher = InotifyPublisher({"w": [f"{watched}/%%"]})
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        os.rename(watched, old)
+        await events.wait("MOVED_FROM", watched)
+        (old / "late").write_bytes(b"1")
+        (old / "sub" / "deep").write_bytes(b"1")
+        os.rename(old / "sub", old / "sub2")
+        watched.mkdir()
+        (watched / "marker").write_bytes(b"1")
+        await events.wait("CREATED", watched / "marker")
+        (watched / "live").write_bytes(b"1")
+        await events.wait("UPDATED", watched / "live")
+        nursery.cancel_scope.cancel()
+
+    paths = {event.fields["target_path"] for event in events.events}
+    assert paths == {
+        os.fsencode(watched),
+        os.fsencode(watched / "marker"),
+        os.fsencode(watched / "live"),
+    }
+
+
+async def test_publisher_moved_start_loses_category(tmp_path):
+    # d8 is watched for the "d8" category, so the move arrives as a MOVED_FROM and
+    # MOVED_TO pair, but the moved copy must not keep the "w" category.
+    parent = tmp_path / "d8"
+    watched = parent / "w"
+    watched.mkdir(parents=True)
+    publisher = InotifyPublisher({"w": [f"{watched}/%%"], "d8": [f"{parent}/%"]})
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        os.rename(watched, parent / "w-old")
+        await events.wait("MOVED_TO", parent / "w-old")
+        (parent / "w-old" / "in-old").write_bytes(b"1")
+        watched.mkdir()
+        await events.wait("CREATED", watched)
+        (watched / "new-in-w").write_bytes(b"1")
+        await events.wait("UPDATED", watched / "new-in-w")
+        nursery.cancel_scope.cancel()
+
+    assert events.actions(parent / "w-old" / "in-old") == []
+    assert events.actions(watched / "in-old") == []
+    assert events.actions(watched) == ["MOVED_FROM", "MOVED_FROM", "CREATED"]
+    assert categories(events, watched) == ["d8", "w", "d8"]
+    cookies = {e.fields["transaction_id"] for e in events.events if "MOVED" in e.action}
+    assert len(cookies) == 1
+    assert categories(events, watched / "new-in-w") == ["w", "w"]
+
+
+async def test_publisher_subdirectory_renamed_in_tree(tmp_path):
+    (tmp_path / "a" / "sub" / "deeper").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    old = os.fsencode(tmp_path / "a" / "sub")
+    publisher = InotifyPublisher({"tmp": [f"{tmp_path}/%%"]})
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        os.rename(tmp_path / "a" / "sub", tmp_path / "b" / "moved")
+        # Written before the publisher reads the move, through the same watch.
+        (tmp_path / "b" / "moved" / "f").write_bytes(b"1")
+        await events.wait("UPDATED", tmp_path / "b" / "moved" / "f")
+        (tmp_path / "b" / "moved" / "deeper" / "g").write_bytes(b"1")
+        await events.wait("UPDATED", tmp_path / "b" / "moved" / "deeper" / "g")
+        nursery.cancel_scope.cancel()
+
+    assert events.actions(tmp_path / "a" / "sub") == ["MOVED_FROM"]
+    assert events.actions(tmp_path / "b" / "moved") == ["MOVED_TO"]
+    assert events.actions(tmp_path / "b" / "moved" / "f") == ["CREATED", "UPDATED"]
+    paths = [e.fields["target_path"] for e in events.events]
+    assert [path for path in paths if path.startswith(old + b"/")] == []
+
+
+async def test_publisher_directory_moved_between_patterns(tmp_path):
+    source = tmp_path / "a" / "w"
+    source.mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    target = tmp_path / "b" / "w"
+    publisher = InotifyPublisher({"a": [f"{source}/%%"], "b": [f"{tmp_path}/b/%%"]})
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        os.rename(source, target)
+        await events.wait("MOVED_TO", target)
+        (target / "f").write_bytes(b"1")
+        await events.wait("UPDATED", target / "f")
+        source.mkdir()
+        (source / "g").write_bytes(b"1")
+        await events.wait("CREATED", source / "g")
+        (source / "h").write_bytes(b"1")
+        await events.wait("UPDATED", source / "h")
+        nursery.cancel_scope.cancel()
+
+    assert events.actions(source / "f") == []
+    assert categories(events, target / "f") == ["b", "b"]
+    assert categories(events, source) == ["a"]
+    assert categories(events, source / "h") == ["a", "a"]
+
+
+@pytest.mark.parametrize("pattern", ["d8/w/%%", "d8/%%"])
+async def test_publisher_directory_moved_out_and_back(tmp_path, pattern):
+    watched = tmp_path / "d8" / "w"
+    watched.mkdir(parents=True)
+    outside = tmp_path / "outside"
+    publisher = InotifyPublisher({"tmp": [f"{tmp_path}/{pattern}"]})
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        os.rename(watched, outside)
+        await events.wait("MOVED_FROM", watched)
+        (outside / "away").write_bytes(b"1")
+        os.rename(outside, watched)
+        await events.wait("CREATED", watched / "away")
+        (watched / "back").write_bytes(b"1")
+        await events.wait("UPDATED", watched / "back")
+        nursery.cancel_scope.cancel()
+
+    assert events.actions(outside / "away") == []
+    assert events.actions(watched / "away") == ["CREATED"]
+    assert events.actions(watched / "back") == ["CREATED", "UPDATED"]
+
+
+async def test_publisher_directory_renamed_twice(tmp_path):
+    (tmp_path / "a" / "sub").mkdir(parents=True)
+    publisher = InotifyPublisher({"tmp": [f"{tmp_path}/%%"]})
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        # The second rename happens before the publisher reads the first.
+        os.rename(tmp_path / "a", tmp_path / "b")
+        os.rename(tmp_path / "b", tmp_path / "c")
+        (tmp_path / "c" / "sub" / "f").write_bytes(b"1")
+        await events.wait("UPDATED", tmp_path / "c" / "sub" / "f")
+        nursery.cancel_scope.cancel()
+
+    assert events.actions(tmp_path / "c") == ["MOVED_TO"]
+    assert events.actions(tmp_path / "c" / "sub" / "f") == ["CREATED", "UPDATED"]
+
+
+async def test_publisher_moved_after_delete(tmp_path):
+    watched = tmp_path / "d8" / "w"
+    watched.mkdir(parents=True)
+    old = tmp_path / "d8" / "w-old"
+    publisher = InotifyPublisher({"w": [f"{watched}/%%"]})
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        # The delete makes the publisher watch d8 for the "w" category.
+        watched.rmdir()
+        watched.mkdir()
+        (watched / "first").write_bytes(b"1")
+        await events.wait("CREATED", watched / "first")
+        os.rename(watched, old)
+        watched.mkdir()
+        (watched / "new-in-w").write_bytes(b"1")
+        (old / "in-old").write_bytes(b"1")
+        await events.wait("CREATED", watched / "new-in-w")
+        (watched / "marker").write_bytes(b"1")
+        await events.wait("UPDATED", watched / "marker")
+        nursery.cancel_scope.cancel()
+
+    assert events.actions(watched / "in-old") == []
+    assert events.actions(old / "in-old") == []
+    assert events.actions(old) == []
+    assert events.actions(watched) == ["MOVED_FROM"]
+
+
+async def test_publisher_nested_start_moved_with_parent(tmp_path):
+    (tmp_path / "w" / "inner").mkdir(parents=True)
+    publisher = InotifyPublisher(
+        {"outer": [f"{tmp_path}/w/%"], "inner": [f"{tmp_path}/w/inner/%"]}
+    )
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        os.rename(tmp_path / "w", tmp_path / "away")
+        await events.wait("MOVED_FROM", tmp_path / "w" / "inner")
+        (tmp_path / "away" / "inner" / "f").write_bytes(b"1")
+        (tmp_path / "w" / "inner").mkdir(parents=True)
+        await events.wait("CREATED", tmp_path / "w" / "inner")
+        (tmp_path / "w" / "inner" / "g").write_bytes(b"1")
+        await events.wait("UPDATED", tmp_path / "w" / "inner" / "g")
+        nursery.cancel_scope.cancel()
+
+    assert categories(events, tmp_path / "w") == ["outer"]
+    assert categories(events, tmp_path / "w" / "inner") == ["inner", "outer"]
+    assert events.actions(tmp_path / "w" / "inner" / "f") == []
+    assert events.actions(tmp_path / "away" / "inner" / "f") == []
+    assert categories(events, tmp_path / "w" / "inner" / "g") == ["inner", "inner"]
+
+
+async def test_publisher_wildcard_level_moves(tmp_path):
+    for site in ("a", "b"):
+        (tmp_path / "sites" / site / "htdocs").mkdir(parents=True)
+    publisher = InotifyPublisher({"www": [f"{tmp_path}/sites/%/htdocs/%%"]})
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        os.rename(tmp_path / "sites" / "a", tmp_path / "sites" / "c")
+        os.rename(tmp_path / "sites" / "b", tmp_path / "elsewhere")
+        (tmp_path / "elsewhere" / "htdocs" / "hidden").write_bytes(b"1")
+        (tmp_path / "sites" / "c" / "htdocs" / "f").write_bytes(b"1")
+        await events.wait("UPDATED", tmp_path / "sites" / "c" / "htdocs" / "f")
+        (tmp_path / "sites" / "c" / "htdocs" / "g").write_bytes(b"1")
+        await events.wait("UPDATED", tmp_path / "sites" / "c" / "htdocs" / "g")
+        nursery.cancel_scope.cancel()
+
+    paths = {e.fields["target_path"] for e in events.events}
+    assert paths == {
+        os.fsencode(tmp_path / "sites" / "c" / "htdocs" / "f"),
+        os.fsencode(tmp_path / "sites" / "c" / "htdocs" / "g"),
+    }
