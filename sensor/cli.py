@@ -110,10 +110,10 @@ def _query(arguments: argparse.Namespace) -> int:
         text = render(result.columns, result.rows, arguments.mode)
         if text:
             print(text)
-    if engine.store is None and engine.is_event_based(results[-1]):
+    if engine.store is None and engine.reads_store(results[-1]):
         print(
-            "sensor: note: *_events tables are empty without --config; pass the "
-            "daemon's config file to read the events it collected",
+            "sensor: note: *_events and sensor_events tables are empty without "
+            "--config; pass the daemon's config file to read what it collected",
             file=sys.stderr,
         )
     return 0

@@ -221,9 +221,7 @@ def _parse_patterns(
             try:
                 parse_pattern(pattern)
             except ValueError as error:
-                raise ConfigError(
-                    f"{path}: {key}: invalid pattern {pattern!r}: {error}"
-                ) from None
+                raise ConfigError(f"{path}: {key}: invalid {error}") from None
         categories[category] = tuple(patterns)
     return categories
 

@@ -29,22 +29,17 @@ EVENT_QUEUE_SIZE = 4096
 # How often the daemon writes its sources' statistics where other processes see them.
 STATISTICS_INTERVAL = 1.0
 
-_UUID_FILES = ("/sys/class/dmi/id/product_uuid", "/etc/machine-id")
-
 
 def host_identifier(options: Options) -> str:
     """Return the hostIdentifier of result lines, chosen as osquery's flag does."""
     if options.host_identifier == "specified":
         return options.specified_identifier
     if options.host_identifier == "uuid":
-        for path in _UUID_FILES:
-            try:
-                with open(path) as stream:
-                    value = stream.read().strip()
-            except OSError:
-                continue
-            if value:
-                return value
+        from tables.system import host_uuid
+
+        identifier = host_uuid()
+        if identifier:
+            return identifier
     return socket.gethostname()
 
 

@@ -40,6 +40,15 @@ _COST_UNUSABLE = 1e18
 # because osquery's file and hash tables expand LIKE patterns on `path`.
 _NARROWING = ("=", "IN", "LIKE")
 
+# Operations that reach outside the engine's own tables: ATTACH would open or
+# create any file as a database, as osquery also forbids.
+_DENIED = frozenset({apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH})
+
+
+def _authorize(operation: int, *args: Any) -> int:
+    return apsw.SQLITE_DENY if operation in _DENIED else apsw.SQLITE_OK
+
+
 # Virtual machine steps between two progress callbacks; small enough that Ctrl-C
 # stops a query within milliseconds, large enough to cost nothing measurable.
 _PROGRESS_STEPS = 10_000
@@ -94,6 +103,7 @@ class Engine:
         # It also aborts every statement once `stop` has been called.
         self.stopped = False
         self.connection.set_progress_handler(self._progress, _PROGRESS_STEPS)
+        self.connection.authorizer = _authorize
         for name in TABLE_MODULES:
             self.connection.create_module(
                 name,
@@ -141,6 +151,11 @@ class Engine:
     def is_event_based(self, result: QueryResult) -> bool:
         """Return whether the statement read an `*_events` table."""
         return any(load_table(name).schema.event_table for name in result.tables)
+
+    def reads_store(self, result: QueryResult) -> bool:
+        """Return whether the statement read a table filled from the database."""
+        schemas = [load_table(name).schema for name in result.tables]
+        return any(schema.event_table or schema.from_store for schema in schemas)
 
     def stop(self) -> None:
         """Abort the statement running on this engine and every later one.
@@ -205,8 +220,13 @@ class Engine:
 
     def _explain(self, error: apsw.Error) -> str:
         message = str(error)
-        for prefix in ("SQLError: ", "ConstraintError: "):
+        for prefix in ("SQLError: ", "ConstraintError: ", "AuthError: "):
             message = message.removeprefix(prefix)
+        if message == "not authorized":
+            return (
+                "not authorized: ATTACH, DETACH and load_extension are disabled, "
+                "because queries only read sensor's tables"
+            )
         return message
 
     def schema(self, name: str) -> TableSchema:

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, TextIO
 import apsw
 
 from sensor.engine import Engine
-from sensor.errors import QueryError, SensorError
+from sensor.errors import ConfigError, QueryError
 from sensor.output import MODES, render
 from sensor.registry import table_names
 from sensor.text import sql_text
@@ -123,14 +123,15 @@ class Shell:
     def _create_history(self) -> None:
         # The history may contain secrets typed into queries, so only its owner
         # may read it.
+        # Parent directories are not created: a mistyped --history must not
+        # leave new directories behind.
         try:
-            os.makedirs(os.path.dirname(self.history_path) or ".", exist_ok=True)
             fd = os.open(
                 self.history_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
             )
             os.close(fd)
         except OSError as error:
-            raise SensorError(
+            raise ConfigError(
                 f"history file {self.history_path}: cannot open: {error.strerror}; "
                 "choose another with --history FILE"
             ) from None

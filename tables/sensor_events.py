@@ -14,6 +14,7 @@ SCHEMA = TableSchema(
         "Event publishers and subscribers of the daemon that fills the database, "
         "with counts of events seen and lost."
     ),
+    from_store=True,
     columns=(
         Column("name", TEXT, "Publisher or subscriber name, such as inotify"),
         Column("type", TEXT, "publisher or subscriber"),

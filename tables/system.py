@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,6 +40,7 @@ CPUINFO_PATH = "/proc/cpuinfo"
 UPTIME_PATH = "/proc/uptime"
 CMDLINE_PATH = "/proc/cmdline"
 DMI_PATH = "/sys/class/dmi/id"
+MACHINE_ID_PATH = "/etc/machine-id"
 
 OS_VERSION = TableSchema(
     name="os_version",
@@ -292,6 +294,24 @@ def _read_dmi(name: str) -> str | None:
     return value.replace("\0", "").strip()
 
 
+def host_uuid() -> str:
+    """Return the host's UUID: DMI's product_uuid, else the systemd machine ID.
+
+    A machine without DMI (many virtual machines and containers) has no hardware
+    UUID, and /etc/machine-id (machine-id(5)) is then the stable identity, written
+    in UUID form. "" when neither exists. The daemon's `host_identifier = "uuid"`
+    uses the same value, so result lines and system_info agree.
+    """
+    product_uuid = _read_dmi("product_uuid")
+    if product_uuid:
+        return product_uuid
+    machine_id = (_read_text(MACHINE_ID_PATH) or "").strip()
+    try:
+        return str(uuid.UUID(hex=machine_id))
+    except ValueError:
+        return ""
+
+
 def _dmi_fields() -> dict[str, Any]:
     """Return the hardware and board columns from the kernel's DMI attributes.
 
@@ -301,7 +321,6 @@ def _dmi_fields() -> dict[str, Any]:
     if not os.path.isdir(DMI_PATH):
         return {"hardware_model": ""}
     fields = {
-        "uuid": _read_dmi("product_uuid"),
         "hardware_vendor": _read_dmi("sys_vendor"),
         "hardware_model": _read_dmi("product_name"),
         "hardware_version": _read_dmi("product_version"),
@@ -338,7 +357,6 @@ def generate_system_info(context: QueryContext) -> Iterator[dict[str, Any]]:
     row: dict[str, Any] = {
         "hostname": socket.gethostname(),
         "computer_name": uname.nodename,
-        "uuid": "",
         "cpu_type": uname.machine,
         "cpu_subtype": "0",
         "cpu_logical_cores": logical_cores,
@@ -356,10 +374,8 @@ def generate_system_info(context: QueryContext) -> Iterator[dict[str, Any]]:
             logical_cores // per_socket if per_socket > 0 and logical_cores > 0 else -1
         )
 
-    dmi = _dmi_fields()
-    if dmi.get("uuid") is None:
-        dmi.pop("uuid", None)
-    row.update(dmi)
+    row.update(_dmi_fields())
+    row["uuid"] = host_uuid()
     yield row
 
 

@@ -133,3 +133,10 @@ def test_stopped_engine_aborts_later_statements():
     with pytest.raises(QueryError) as raised:
         engine.execute(COUNT_FOREVER)
     assert str(raised.value) == "interrupted"
+
+
+def test_attach_is_denied(tmp_path):
+    with pytest.raises(QueryError) as raised:
+        Engine().execute(f"ATTACH '{tmp_path / 'x.db'}' AS x")
+    assert str(raised.value).startswith("not authorized: ATTACH, DETACH")
+    assert not (tmp_path / "x.db").exists()

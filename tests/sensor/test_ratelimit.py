@@ -19,9 +19,7 @@ def lines(caplog):
 
 def test_first_loss_logged_at_once(warnings, caplog):
     warnings.lost("queue_full", 3, 1000.0, "%s channel full", "inotify")
-    assert lines(caplog) == [
-        "inotify channel full (reason=queue_full count=3 total=3)"
-    ]
+    assert lines(caplog) == ["inotify channel full (reason=queue_full count=3 total=3)"]
     assert caplog.records[0].levelno == logging.WARNING
 
 

@@ -11,7 +11,7 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
 from sensor.engine import Engine
-from sensor.errors import SensorError
+from sensor.errors import ConfigError
 from sensor.shell import Shell
 
 
@@ -202,7 +202,7 @@ def test_history_file_is_private(tmp_path):
 
 def test_unusable_history_path_is_one_line(tmp_path):
     # A directory cannot be the history file.
-    with pytest.raises(SensorError) as raised:
+    with pytest.raises(ConfigError) as raised:
         run_interactive(tmp_path, ".quit\r")
     message = str(raised.value)
     assert message.startswith(f"history file {tmp_path}: cannot open: ")
@@ -235,3 +235,11 @@ def test_sigint_cancels_query_and_shell_goes_on():
             process.wait()
     assert stderr == "Error: interrupted\n"
     assert "| 7     |" in stdout
+
+
+def test_history_parent_is_not_created(tmp_path):
+    history = tmp_path / "missing" / "history"
+    with pytest.raises(ConfigError) as raised:
+        run_interactive(history, ".quit\r")
+    assert "No such file or directory" in str(raised.value)
+    assert not (tmp_path / "missing").exists()

@@ -243,3 +243,34 @@ def test_time_row_pads_single_digit_day():
     # asctime(3) pads the day with a space: 2024-03-05 was a Tuesday.
     row = system.time_row(1709596800)
     assert row["timestamp"] == "Tue Mar  5 00:00:00 2024 UTC"
+
+
+def test_host_uuid_prefers_dmi(tmp_path, monkeypatch):
+    (tmp_path / "product_uuid").write_text("4C4C4544-0042-4810-8056-B4C04F4E3232\n")
+    (tmp_path / "machine-id").write_text("3d1219c7c4c5404aaa1f6d2a48adfda4\n")
+    monkeypatch.setattr(system, "DMI_PATH", str(tmp_path))
+    monkeypatch.setattr(system, "MACHINE_ID_PATH", str(tmp_path / "machine-id"))
+    assert system.host_uuid() == "4C4C4544-0042-4810-8056-B4C04F4E3232"
+
+
+def test_host_uuid_falls_back_to_machine_id(tmp_path, monkeypatch):
+    (tmp_path / "machine-id").write_text("3d1219c7c4c5404aaa1f6d2a48adfda4\n")
+    monkeypatch.setattr(system, "DMI_PATH", str(tmp_path / "no-dmi"))
+    monkeypatch.setattr(system, "MACHINE_ID_PATH", str(tmp_path / "machine-id"))
+    assert system.host_uuid() == "3d1219c7-c4c5-404a-aa1f-6d2a48adfda4"
+
+
+def test_host_uuid_empty_without_sources(tmp_path, monkeypatch):
+    monkeypatch.setattr(system, "DMI_PATH", str(tmp_path / "no-dmi"))
+    monkeypatch.setattr(system, "MACHINE_ID_PATH", str(tmp_path / "no-machine-id"))
+    assert system.host_uuid() == ""
+
+
+def test_uuid_identifier_matches_system_info():
+    from sensor.config import parse_config
+    from sensor.daemon import host_identifier
+
+    options = parse_config({"options": {"host_identifier": "uuid"}}).options
+    row = Engine().execute("SELECT uuid FROM system_info").dicts()[0]
+    if row["uuid"]:
+        assert host_identifier(options) == row["uuid"]
