@@ -60,8 +60,22 @@ class Scheduler:
 
     async def _run_every(self, query: ScheduledQuery) -> None:
         while True:
+            started = self.clock()
             await self.run_once(query)
+            self._warn_if_late(query, self.clock() - started)
             await trio.sleep(query.interval)
+
+    def _warn_if_late(self, query: ScheduledQuery, seconds: float) -> None:
+        # Queries run one at a time, so a run that outlasts its interval also
+        # delays every other scheduled query.
+        if seconds > query.interval:
+            log.warning(
+                "scheduled query %s took %.1f s, longer than its interval of %d s;"
+                " other scheduled queries waited meanwhile",
+                query.name,
+                seconds,
+                query.interval,
+            )
 
     async def run_once(self, query: ScheduledQuery) -> list[str]:
         """Run one query now, log what changed, and return the lines logged."""

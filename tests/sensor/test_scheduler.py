@@ -214,3 +214,14 @@ async def test_slow_query_leaves_event_loop_free(tmp_path, fake_tables):
         fake_tables.SLOW_GATE.set()
     assert received == [0, 1, 2, 3, 4]
     assert [line["columns"]["n"] for line in logger.lines] == ["1"]
+
+
+def test_run_longer_than_interval_is_logged(tmp_path, items, caplog):
+    scheduler, _ = make_scheduler(tmp_path, ITEMS_QUERY)
+    query = scheduler.config.schedule["items"]
+    scheduler._warn_if_late(query, 0.5)
+    assert caplog.records == []
+    scheduler._warn_if_late(query, 4.0)
+    (record,) = caplog.records
+    assert record.levelname == "WARNING"
+    assert record.getMessage().startswith("scheduled query items took 4.0 s")
