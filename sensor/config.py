@@ -28,11 +28,13 @@ _OPTIONS: dict[str, tuple[type, Any]] = {
     "schedule_epoch": (int, 0),
     "log_numerics_as_numbers": (bool, False),
     "disable_events": (bool, False),
+    # The most bytes read from one file, as in osquery: larger files are not hashed.
+    "read_max": (int, 50 * 1024 * 1024),
 }
 _PATH_OPTIONS = ("database_path", "logger_path")
 _HOST_IDENTIFIERS = ("hostname", "uuid", "specified")
 _LOGGER_PLUGINS = ("filesystem", "stdout")
-_SECTIONS = ("options", "file_paths", "exclude_paths", "schedule")
+_SECTIONS = ("options", "file_paths", "exclude_paths", "file_accesses", "schedule")
 _QUERY_KEYS: dict[str, type] = {
     "query": str,
     "interval": int,
@@ -64,6 +66,7 @@ class Options:
     schedule_epoch: int
     log_numerics_as_numbers: bool
     disable_events: bool
+    read_max: int
 
     @property
     def result_log_path(self) -> str:
@@ -84,6 +87,8 @@ class Config:
     options: Options
     file_paths: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     exclude_paths: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Categories of file_paths whose reads (OPENED, ACCESSED) are reported too.
+    file_accesses: tuple[str, ...] = ()
     schedule: Mapping[str, ScheduledQuery] = field(default_factory=dict)
 
 
@@ -114,7 +119,7 @@ def parse_config(document: Mapping[str, Any], path: str = "config.toml") -> Conf
         if section not in _SECTIONS:
             expected = ", ".join(_SECTIONS)
             raise ConfigError(
-                f"{path}: unknown section [{section}]; expected {expected}"
+                f"{path}: unknown top-level key {section!r}; expected {expected}"
             )
     base = os.path.dirname(os.path.abspath(path))
     file_paths = _parse_patterns(
@@ -134,6 +139,7 @@ def parse_config(document: Mapping[str, Any], path: str = "config.toml") -> Conf
         options=_parse_options(_table(document, "options", path), base, path),
         file_paths=file_paths,
         exclude_paths=exclude_paths,
+        file_accesses=_parse_file_accesses(document, file_paths, path),
         schedule=_parse_schedule(_table(document, "schedule", path), path),
     )
 
@@ -174,7 +180,7 @@ def _parse_options(table: Mapping[str, Any], base: str, path: str) -> Options:
         if key not in _OPTIONS:
             raise ConfigError(f"{path}: unknown option options.{key}")
 
-    for key in ("events_expiry", "events_max"):
+    for key in ("events_expiry", "events_max", "read_max"):
         if values[key] <= 0:
             raise ConfigError(
                 f"{path}: options.{key} must be positive, got {values[key]}"
@@ -212,6 +218,8 @@ def _parse_patterns(
     categories = {}
     for category, patterns in table.items():
         key = f"{section}.{category}"
+        if not category.strip():
+            raise ConfigError(f"{path}: {section}: a category name must not be empty")
         if not isinstance(patterns, list):
             raise ConfigError(
                 f"{path}: {key} must be an array of patterns, got {_type_name(patterns)}"
@@ -224,6 +232,24 @@ def _parse_patterns(
                 raise ConfigError(f"{path}: {key}: invalid {error}") from None
         categories[category] = tuple(patterns)
     return categories
+
+
+def _parse_file_accesses(
+    document: Mapping[str, Any], file_paths: Mapping[str, Any], path: str
+) -> tuple[str, ...]:
+    categories = document.get("file_accesses", [])
+    if not isinstance(categories, list):
+        raise ConfigError(
+            f"{path}: file_accesses must be an array of file_paths categories, "
+            f"got {_type_name(categories)}"
+        )
+    for category in categories:
+        _check_type(category, str, "file_accesses", path)
+        if category not in file_paths:
+            raise ConfigError(
+                f"{path}: file_accesses: no category {category!r} in [file_paths]"
+            )
+    return tuple(categories)
 
 
 def _parse_schedule(table: Mapping[str, Any], path: str) -> dict[str, ScheduledQuery]:

@@ -55,7 +55,11 @@ def _event_sources(config: Config, store: Store) -> list[tuple[Any, Any]]:
 
         sources.append(
             (
-                InotifyPublisher(config.file_paths, config.exclude_paths),
+                InotifyPublisher(
+                    config.file_paths,
+                    config.exclude_paths,
+                    file_accesses=config.file_accesses,
+                ),
                 FileEventsSubscriber(
                     store,
                     events_expiry=options.events_expiry,

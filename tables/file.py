@@ -98,6 +98,10 @@ _TYPE_NAMES = {
 _DIGESTS = ("md5", "sha1", "sha256")
 _CHUNK_SIZE = 1 << 20
 
+# The most bytes hashed from one file, osquery's default read_max (50 MiB). Larger
+# files keep their row with NULL digests, so one query cannot read for minutes.
+READ_MAX = 50 * 1024 * 1024
+
 # Max directory depth that a recursive `%%` pattern descends, as in osquery.
 # Symlink loops stop earlier, at a directory already visited.
 _MAX_RECURSION_DEPTH = 64
@@ -290,7 +294,8 @@ def hash_file(path: bytes, algorithms: Iterable[str]) -> dict[str, str] | None:
     """Return hex digests of a file's content, or None when it cannot be read.
 
     Files of procfs and sysfs are not read, because some of them block or, like
-    /proc/kmsg, consume what they return. The file is opened non-blocking so that
+    /proc/kmsg, consume what they return. Files larger than READ_MAX are not read
+    either. The file is opened non-blocking so that
     no other special file can hang the query.
     """
     hashers = {name: hashlib.new(name) for name in algorithms}
@@ -302,7 +307,10 @@ def hash_file(path: bytes, algorithms: Iterable[str]) -> dict[str, str] | None:
         return None
     with open(fd, "rb") as file:
         try:
-            if os.fstat(fd).st_dev in _pseudo_filesystem_devices():
+            status = os.fstat(fd)
+            if status.st_dev in _pseudo_filesystem_devices():
+                return None
+            if status.st_size > READ_MAX:
                 return None
             while chunk := file.read(_CHUNK_SIZE):
                 for hasher in hashers.values():

@@ -63,7 +63,7 @@ def test_defaults_apply(tmp_path):
             "options.host_identifier must be one of",
         ),
         ("[options]\nlogger_plugin = 'kafka'\n", "unknown plugin 'kafka'"),
-        ("[bogus]\n", "unknown section [bogus]"),
+        ("[bogus]\n", "unknown top-level key 'bogus'"),
         ("[file_paths]\netc = '/etc/**'\n", "file_paths.etc must be an array"),
         (
             "[file_paths]\netc = ['etc/**']\n",
@@ -211,3 +211,23 @@ def test_query_does_not_create_database(tmp_path):
     assert "database" in completed.stderr
     assert "not found" in completed.stderr
     assert not (tmp_path / "db").exists()
+
+
+def test_file_accesses_names_categories(tmp_path):
+    text = "file_accesses = ['etc']\n[file_paths]\netc = ['/etc/**']\n"
+    assert load_config(write(tmp_path, text)).file_accesses == ("etc",)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("file_accesses = ['home']\n", "file_accesses: no category 'home'"),
+        ("file_accesses = 'etc'\n", "file_accesses must be an array"),
+        ("[file_paths]\n'' = ['/etc/**']\n", "a category name must not be empty"),
+        ("[options]\nread_max = 0\n", "options.read_max must be positive"),
+    ],
+)
+def test_more_bad_config(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as raised:
+        load_config(write(tmp_path, text))
+    assert expected in str(raised.value)

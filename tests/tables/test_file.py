@@ -356,3 +356,11 @@ def test_systemd_escaped_name_is_literal(engine, tmp_path):
     plain.write_text("plain")
     rows = engine.execute("SELECT path, size FROM file WHERE path = ?", (str(escaped),))
     assert rows.rows == [(str(escaped), 7)]
+
+
+def test_hash_skips_files_over_read_max(engine, tmp_path, monkeypatch):
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 100)
+    monkeypatch.setattr(file_table, "READ_MAX", 99)
+    rows = select_hash(engine, f"path = '{big}'")
+    assert rows == {str(big): (str(tmp_path), None, None, None)}
