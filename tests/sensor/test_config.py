@@ -231,3 +231,27 @@ def test_more_bad_config(tmp_path, text, expected):
     with pytest.raises(ConfigError) as raised:
         load_config(write(tmp_path, text))
     assert expected in str(raised.value)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def readme_config(tmp_path):
+    with open(os.path.join(REPO, "README.md")) as stream:
+        readme = stream.read()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    return write(tmp_path, block)
+
+
+@pytest.mark.parametrize("source", ["config.toml", "README.md"])
+def test_documented_configs_are_valid(tmp_path, source):
+    from sensor.engine import Engine
+
+    if source == "README.md":
+        path = readme_config(tmp_path)
+    else:
+        path = os.path.join(REPO, source)
+    config = load_config(path)
+    assert config.schedule
+    for query in config.schedule.values():
+        assert Engine().check(query.query) == 1
