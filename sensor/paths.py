@@ -16,6 +16,11 @@ Wildcards match characters, not bytes. A component with a wildcard, and each nam
 matched against it, is decoded with `os.fsdecode`. So `?` and `[é]` match both bytes
 of a UTF-8 `é`, and a byte that is not valid UTF-8 counts as one character.
 
+A component that can only match names longer than NAME_MAX (255 bytes on Linux) is an
+error. So is a recursive pattern whose levels all match any name, such as `/**` or
+`/%/%%`, because it would watch /proc, /sys and every other directory until inotify
+runs out of watches.
+
 A pattern is matched one component at a time, starting at `/`. The depth of a
 directory is the number of components between it and `/`. `WatchPattern.step`
 decides, for an entry of a directory at some depth, whether the pattern reports the
@@ -39,7 +44,11 @@ __all__ = [
 ]
 
 _RECURSIVE = (b"%%", b"**")
+# The maximum length of one file name in bytes, from <linux/limits.h>.
+_NAME_MAX = 255
 _WILDCARDS = re.compile(rb"[%*?[]")
+# A component made of `%` and `*` only, which matches every name.
+_ANY_NAME = re.compile(rb"[%*]+")
 
 
 @dataclass(frozen=True)
@@ -142,10 +151,21 @@ def parse_pattern(pattern: str) -> WatchPattern:
                 f"file path pattern {pattern!r} has an unclosed [ in component"
                 f" {os.fsdecode(name)!r}: close it with ] or write [[] for a literal ["
             ) from None
+        if _shortest_match(name) > _NAME_MAX:
+            raise ValueError(
+                f"file path pattern {pattern!r} has a component longer than"
+                f" {_NAME_MAX} bytes, the maximum length of a file name (NAME_MAX)"
+            )
 
     recursive = bool(names) and names[-1] in _RECURSIVE
     if recursive:
         names.pop()
+        if all(_ANY_NAME.fullmatch(name) for name in names):
+            raise ValueError(
+                f"file path pattern {pattern!r} watches every directory, /proc and"
+                " /sys included, and exhausts inotify watches: name the directories"
+                " to watch, such as /etc/**"
+            )
     return WatchPattern(pattern, tuple(names), recursive)
 
 
@@ -208,6 +228,26 @@ def _compile(level: bytes) -> Callable[[bytes], bool]:
         return level.__eq__
     regex = re.compile(_translate(os.fsdecode(level)), re.DOTALL)
     return lambda name: regex.fullmatch(os.fsdecode(name)) is not None
+
+
+def _shortest_match(level: bytes) -> int:
+    """Return the length in bytes of the shortest name that a valid component
+    matches: `%` and `*` match nothing, and `?` and a bracket expression match one
+    character of at least one byte."""
+    text = os.fsdecode(level)
+    length = 0
+    index = 0
+    while index < len(text):
+        char = text[index]
+        index += 1
+        if char == "?":
+            length += 1
+        elif char == "[":
+            _, index = _translate_class(text, index)
+            length += 1
+        elif char not in "%*":
+            length += len(os.fsencode(char))
+    return length
 
 
 def _translate(level: str) -> str:

@@ -16,7 +16,13 @@ from sensor.paths import expand, nearest_directory, parse_pattern
         ("/home/%%", (b"home",), True),
         ("/var/www/%/htdocs/%%", (b"var", b"www", b"%", b"htdocs"), True),
         ("//etc//hosts", (b"etc", b"hosts"), False),
-        ("/%%", (), True),
+        ("/%", (b"%",), False),
+        ("/[e]tc/%%", (b"[e]tc",), True),
+        ("/?/**", (b"?",), True),
+        ("/etc/" + "x" * 255, (b"etc", b"x" * 255), False),
+        ("/etc/" + "é" * 127 + "x", (b"etc", "é".encode() * 127 + b"x"), False),
+        ("/etc/" + "%?" * 255, (b"etc", b"%?" * 255), False),
+        ("/etc/" + "[ab]" * 255, (b"etc", b"[ab]" * 255), False),
     ],
 )
 def test_parse_pattern_levels(text, levels, recursive):
@@ -44,6 +50,18 @@ def test_parse_pattern_levels(text, levels, recursive):
         ("/etc/[!]", "has an unclosed [ in component '[!]'"),
         ("/etc/x[/y", "has an unclosed [ in component 'x['"),
         ("/etc/[a/b]", "has an unclosed [ in component '[a'"),
+        ("[z", "'[z' is not absolute: start it with /"),
+        ("/[z", "'/[z' has an unclosed [ in component '[z'"),
+        ("/etc/" + "x" * 256, "longer than 255 bytes, the maximum length of a file"),
+        ("/" + "x" * 256 + "/%", "longer than 255 bytes"),
+        ("/etc/" + "é" * 128, "longer than 255 bytes"),
+        ("/etc/" + "?" * 256, "longer than 255 bytes"),
+        ("/etc/" + "[ab]" * 256, "longer than 255 bytes"),
+        ("/etc/" + "x" * 256 + "%", "longer than 255 bytes"),
+        ("/**", "'/**' watches every directory, /proc and /sys included"),
+        ("/%%", "name the directories to watch, such as /etc/**"),
+        ("/%/**", "'/%/**' watches every directory"),
+        ("//*%/%%", "'//*%/%%' watches every directory"),
     ],
 )
 def test_parse_pattern_rejects(text, message):
@@ -57,7 +75,7 @@ def test_pattern_start_stops_at_wildcard():
     assert parse_pattern("/var/www/%/htdocs/%%").start() == b"/var/www"
     assert parse_pattern("/etc/rc[0-6].d/%").start() == b"/etc"
     assert parse_pattern("/etc/hosts").start() == b"/etc"
-    assert parse_pattern("/%%").start() == b"/"
+    assert parse_pattern("/[e]tc/%%").start() == b"/"
 
 
 @pytest.mark.parametrize(
