@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from sensor.store import Store
 
-__all__ = ["SCHEMA", "TABLES", "FileEventsSubscriber"]
+__all__ = ["READ_MAX", "SCHEMA", "TABLES", "FileEventsSubscriber"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,10 @@ _FLUSH_INTERVAL = 10
 
 _HASH_CHUNK = 1024 * 1024
 
+# Default of `read_max`, the largest file in bytes that is hashed, as in osquery's
+# read_max flag.
+READ_MAX = 50 * 1024 * 1024
+
 
 class FileEventsSubscriber:
     """Stats and hashes inotify events and stores them as file_events rows.
@@ -83,6 +87,10 @@ class FileEventsSubscriber:
     are deleted by `expire`, which `run` calls periodically. A stored batch that takes
     the table past `events_max` deletes the oldest events at once, so a burst cannot
     outgrow the limit.
+
+    A regular file larger than `read_max` bytes is not hashed: its row is stored
+    with the stat columns and `hashed` = 0, so one large file cannot keep a worker
+    thread reading for long.
     """
 
     name = "file_events"
@@ -93,9 +101,13 @@ class FileEventsSubscriber:
         *,
         events_expiry: int,
         events_max: int,
+        read_max: int = READ_MAX,
         clock: Callable[[], float] = time.time,
     ):
+        if read_max < 0:
+            raise ValueError(f"read_max must be 0 or more bytes, not {read_max!r}")
         self._store = store
+        self._read_max = read_max
         self._events_expiry = events_expiry
         self._events_max = events_max
         self._clock = clock
@@ -137,7 +149,9 @@ class FileEventsSubscriber:
                     batch.append(receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            rows = await trio.to_thread.run_sync(describe_events, batch)
+            rows = await trio.to_thread.run_sync(
+                describe_events, batch, self._read_max
+            )
             self._add(rows)
 
     def _add(self, rows: list[tuple[int, dict[str, Any]]]) -> None:
@@ -203,11 +217,14 @@ class FileEventsSubscriber:
         self._warnings.lost(reason, count, now, message, *args)
 
 
-def describe_events(events: Iterable[Event]) -> list[tuple[int, dict[str, Any]]]:
+def describe_events(
+    events: Iterable[Event], read_max: int = READ_MAX
+) -> list[tuple[int, dict[str, Any]]]:
     """Return (time, row) per event: its fields plus the file's stat and hashes.
 
     Blocking: it reads the files. A path is described once per call, even when
-    several events name it.
+    several events name it, so a CREATED and an UPDATED of one file in a batch hash
+    it once. Regular files larger than `read_max` bytes are not hashed.
     """
     described: dict[tuple[bytes, bool], dict[str, Any]] = {}
     rows = []
@@ -218,7 +235,7 @@ def describe_events(events: Iterable[Event]) -> list[tuple[int, dict[str, Any]]]
         hashing = event.action in _HASHED_ACTIONS
         key = (path, hashing)
         if key not in described:
-            described[key] = describe_file(path, hashing)
+            described[key] = describe_file(path, hashing, read_max)
         row = dict(event.fields)
         row.update(described[key])
         row["target_path"] = fs_text(path)
@@ -227,8 +244,11 @@ def describe_events(events: Iterable[Event]) -> list[tuple[int, dict[str, Any]]]
     return rows
 
 
-def describe_file(path: bytes, hashing: bool) -> dict[str, Any]:
-    """Return stat columns of a file, and its hashes when `hashing` and it is regular.
+def describe_file(
+    path: bytes, hashing: bool, read_max: int = READ_MAX
+) -> dict[str, Any]:
+    """Return stat columns of a file, and its hashes when `hashing` and it is a
+    regular file of at most `read_max` bytes.
 
     A file that is gone returns only `hashed` = 0, so the event's own fields stay.
     """
@@ -247,15 +267,17 @@ def describe_file(path: bytes, hashing: bool) -> dict[str, Any]:
         "ctime": int(st.st_ctime),
         "hashed": 0,
     }
-    if hashing and stat.S_ISREG(st.st_mode):
-        columns.update(hash_file(path))
+    if hashing and stat.S_ISREG(st.st_mode) and st.st_size <= read_max:
+        columns.update(hash_file(path, read_max))
     return columns
 
 
-def hash_file(path: bytes) -> dict[str, Any]:
-    """Return md5, sha1, sha256 and `hashed` = 1, or `hashed` = -1 if reading fails."""
-    # NOTE: files of any size are hashed in full, so a large file rewritten often
-    # keeps a worker thread busy and delays the events behind it.
+def hash_file(path: bytes, read_max: int = READ_MAX) -> dict[str, Any]:
+    """Return md5, sha1, sha256 and `hashed` = 1, or `hashed` = -1 if reading fails.
+
+    A file that has grown past `read_max` bytes by the time it is read returns
+    `hashed` = 0, and no more than `read_max` + 1 bytes are read.
+    """
     import hashlib
 
     digests = [hashlib.md5(), hashlib.sha1(), hashlib.sha256()]
@@ -265,7 +287,11 @@ def hash_file(path: bytes) -> dict[str, Any]:
         # a FIFO from blocking the open.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         with open(fd, "rb") as file:
-            while chunk := file.read(_HASH_CHUNK):
+            remaining = read_max + 1
+            while chunk := file.read(min(_HASH_CHUNK, remaining)):
+                remaining -= len(chunk)
+                if remaining == 0:
+                    return {"hashed": 0, "size": os.fstat(fd).st_size}
                 for digest in digests:
                     digest.update(chunk)
             # A writer may have grown the file since the lstat, so size and times

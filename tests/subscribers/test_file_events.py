@@ -12,6 +12,7 @@ from publishers.inotify import InotifyPublisher
 from sensor.engine import Engine
 from sensor.events import Event
 from sensor.store import Store
+from subscribers import file_events
 from subscribers.file_events import (
     SCHEMA,
     FileEventsSubscriber,
@@ -467,3 +468,77 @@ def test_describe_file_missing(tmp_path):
     assert describe_file(os.fsencode(tmp_path / "missing"), hashing=True) == {
         "hashed": 0
     }
+
+
+def test_describe_file_read_max(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"0123456789")
+    at_limit = describe_file(os.fsencode(path), hashing=True, read_max=10)
+    over_limit = describe_file(os.fsencode(path), hashing=True, read_max=9)
+    assert at_limit["hashed"] == 1
+    assert at_limit["md5"] == digests(b"0123456789")["md5"]
+    assert over_limit["hashed"] == 0
+    assert over_limit["size"] == 10
+    assert "md5" not in over_limit
+
+
+def test_hash_file_grown_past_read_max(tmp_path):
+    # The lstat in describe_file saw a small file, but it grew before hashing.
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    hashed = hash_file(os.fsencode(path), read_max=99)
+    assert hashed == {"hashed": 0, "size": 100}
+
+
+def test_subscriber_rejects_negative_read_max(store):
+    with pytest.raises(ValueError, match="read_max must be 0 or more bytes, not -1"):
+        FileEventsSubscriber(store, events_expiry=60, events_max=10, read_max=-1)
+
+
+def test_describe_events_hashes_path_once(tmp_path, monkeypatch):
+    path = os.fsencode(tmp_path / "big")
+    content = os.urandom(3 * 1024 * 1024)
+    with open(path, "wb") as file:
+        file.write(content)
+    calls = []
+
+    def counting_hash_file(path, read_max):
+        calls.append(path)
+        return hash_file(path, read_max)
+
+    monkeypatch.setattr(file_events, "hash_file", counting_hash_file)
+    fields = {"target_path": path, "category": "tmp", "transaction_id": 0}
+    events = [
+        Event("inotify", "CREATED", 1, fields),
+        Event("inotify", "UPDATED", 1, fields),
+        Event("inotify", "UPDATED", 2, fields),
+    ]
+    described = file_events.describe_events(events)
+    assert calls == [path]
+    assert [row["sha256"] for _, row in described] == [
+        hashlib.sha256(content).hexdigest()
+    ] * 3
+
+
+async def test_large_file_row_not_hashed(tmp_path, store):
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    small = watched / "small"
+    large = watched / "large"
+    async with trio.open_nursery() as nursery:
+        await start_pipeline(nursery, store, {"docs": [f"{watched}/%"]}, read_max=16)
+        large.write_bytes(b"x" * 17)
+        small.write_bytes(b"x" * 16)
+        await wait_rows(store, where_path(small, "UPDATED"))
+        await wait_rows(store, where_path(large, "UPDATED"))
+        nursery.cancel_scope.cancel()
+
+    # A CREATED row may describe the file before the write, so only the UPDATED
+    # rows, described after the write was closed, are checked.
+    [large_row] = rows(store, where_path(large, "UPDATED"))
+    assert large_row["hashed"] == 0
+    assert large_row["size"] == 17
+    assert large_row["md5"] is None
+    [small_row] = rows(store, where_path(small, "UPDATED"))
+    assert small_row["hashed"] == 1
+    assert small_row["md5"] == digests(b"x" * 16)["md5"]
