@@ -64,6 +64,7 @@ def _event_sources(config: Config, store: Store) -> list[tuple[Any, Any]]:
                     store,
                     events_expiry=options.events_expiry,
                     events_max=options.events_max,
+                    read_max=options.read_max,
                 ),
             )
         )
