@@ -20,16 +20,27 @@ Actions, as osquery's file_events names them (see inotify(7) for the masks):
 
 A directory that appears under a pattern (created or moved in) is watched and then
 listed, and CREATED is reported for the entries already in it, since their own
-IN_CREATE happened before the watch existed. A snapshot of (inode, size, mtime_ns,
-mode) per reported entry suppresses the duplicate when IN_CREATE arrives as well.
-The same snapshot reconciles state after an IN_Q_OVERFLOW: all patterns are walked
-again, watches re-added, and differences reported as CREATED, UPDATED,
-ATTRIBUTES_MODIFIED or DELETED.
+IN_CREATE happened before the watch existed. The directory's own row comes first. A
+snapshot of (inode, size, mtime_ns, ctime_ns, mode, uid, gid) per reported entry
+suppresses the duplicate when IN_CREATE arrives as well.
+
+The same snapshot reconciles state after lost events, in a rescan: all patterns are
+walked again, watches re-added, and differences reported as CREATED, UPDATED,
+ATTRIBUTES_MODIFIED or DELETED, as `_changes` decides. An IN_Q_OVERFLOW starts a
+rescan at once, before the events that follow it in the same read, so the rescan
+compares with the state as of the overflow. Events dropped because the channel to
+the subscriber was full start a rescan once the channel is at most half full, which
+the reader checks every `_RESCAN_POLL` seconds meanwhile. The paths that a batch
+with dropped events changed are compared with their state from before that batch,
+so the rescan reports those changes again, even the ones whose events were sent.
 
 A watched directory that moves keeps its watch descriptor, so its watch must follow
 it or end. A move between two watched places arrives as MOVED_FROM and MOVED_TO on
 the parents. The watches below are then renamed when the same (pattern, depth) pairs
-apply at both places, and otherwise removed and added again at the new place. The
+apply at both places, and otherwise removed and added again at the new place. Each
+entry below the directory that was reported has a row for the move, of its own or
+of a directory above it (the moved directory when a pattern reports it), and an
+entry that an exclude pattern hid at the old place is CREATED at the new one. The
 kernel queues IN_MOVE_SELF on the directory after that pair (fsnotify_move in
 include/linux/fsnotify.h), so a MOVED_FROM still unpaired then went to a place that
 no pattern watches. A directory whose parent is not watched gets only IN_MOVE_SELF,
@@ -56,7 +67,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
+import stat
 import struct
 import time
 from dataclasses import dataclass, field
@@ -99,6 +112,9 @@ _ACCESS_MASK = flags.OPEN | flags.ACCESS
 # IN_EXCL_UNLINK: no events for files that were unlinked while still open.
 _WATCH_FLAGS = flags.ONLYDIR | flags.EXCL_UNLINK | flags.MOVE_SELF
 
+# Seconds between checks whether the event channel has room for a due rescan.
+_RESCAN_POLL = 0.1
+
 # Attempts to watch a pattern's nearest existing directory again when each attempt
 # finds it gone before inotify_add_watch.
 _REWATCH_ATTEMPTS = 3
@@ -139,11 +155,13 @@ class _FileState(NamedTuple):
     inode: int
     size: int
     mtime_ns: int
+    # The kernel sets ctime on every change of content or metadata, and no system
+    # call sets it to a chosen value, so it reveals a rewrite whose mtime was restored.
+    ctime_ns: int
     mode: int
+    uid: int
+    gid: int
     categories: tuple[str, ...]
-
-    def content(self) -> tuple[int, int, int]:
-        return self.inode, self.size, self.mtime_ns
 
 
 @dataclass
@@ -242,6 +260,13 @@ class InotifyPublisher:
         # Directory moves whose MOVED_TO may still come, by cookie.
         self._moves: dict[int, _Move] = {}
         self._reads = 0
+        # The state before the current batch of each path the batch changed, None
+        # for a path that was not in the snapshot.
+        self._prior: dict[bytes, _FileState | None] = {}
+        # The state last sent of paths whose events were dropped, which the next
+        # rescan compares with instead of the snapshot.
+        self._stale: dict[bytes, _FileState | None] = {}
+        self._rescan_due = False
 
         self._warnings = LossWarnings(logger)
 
@@ -285,7 +310,14 @@ class InotifyPublisher:
 
     async def _read_loop(self, fd: int) -> None:
         while True:
-            await trio.lowlevel.wait_readable(fd)
+            if self._rescan_due and self._has_room():
+                if not await self._rescan():
+                    return
+            # A due rescan waits for room in the channel, which no file descriptor
+            # signals, so the wait for events ends now and then to check it.
+            timeout = _RESCAN_POLL if self._rescan_due else math.inf
+            with trio.move_on_after(timeout):
+                await trio.lowlevel.wait_readable(fd)
             try:
                 data = os.read(fd, _READ_SIZE)
             except BlockingIOError:
@@ -294,35 +326,96 @@ class InotifyPublisher:
                 raw_events = parse_events(data)
             except ValueError as error:
                 self._fail("parse_error", 1, "inotify read skipped: %s", error)
+                self._rescan_due = True
                 continue
-            batch, overflowed = self._process(raw_events)
-            if not self._emit(batch.events):
+            if not await self._handle(raw_events):
                 return
-            if overflowed:
-                events = await trio.to_thread.run_sync(self._reconcile)
-                if not self._emit(events):
-                    return
 
-    def _emit(self, events: Iterable[Event]) -> bool:
-        """Send events without blocking; return False when the receiver is gone."""
+    async def _handle(self, raw_events: list[RawEvent]) -> bool:
+        """Process and send the events of one read; return False when the receiver
+        is gone.
+
+        At an IN_Q_OVERFLOW the rescan runs before the events that follow it, so it
+        compares the files with the state as of the overflow. A file whose IN_CREATE
+        was lost is then CREATED, even when a later IN_CLOSE_WRITE follows.
+        """
+        pending: list[RawEvent] | None = raw_events
+        while pending is not None:
+            batch, pending = self._process(pending)
+            if not self._send_batch(batch):
+                return False
+            if pending is not None and not await self._rescan():
+                return False
+        return True
+
+    def _send_batch(self, batch: _Batch) -> bool:
+        """Send a batch; return False when the receiver is gone.
+
+        When some events did not fit in the channel, the paths that the batch
+        changed get back their state from before it, and a rescan is due.
+        """
+        dropped = self._emit(batch.events)
+        if dropped is None:
+            return False
+        if dropped:
+            for path, state in self._prior.items():
+                self._stale.setdefault(path, state)
+            self._rescan_due = True
+        return True
+
+    async def _rescan(self) -> bool:
+        """Walk every pattern again and send the differences from the state last
+        sent; return False when the receiver is gone.
+
+        Differences that do not fit in the channel are left for the next rescan.
+        """
+        self._rescan_due = False
+        events, baseline = await trio.to_thread.run_sync(self._reconcile)
+        dropped = self._emit(events)
+        if dropped is None:
+            return False
+        for event in dropped:
+            path = event.fields["target_path"]
+            self._stale.setdefault(path, baseline.get(path))
+        if dropped:
+            self._rescan_due = True
+        return True
+
+    def _has_room(self) -> bool:
+        """Return whether the channel is at most half full, or closed, so that a
+        rescan may send its events."""
         assert self._send is not None
-        dropped = 0
+        channel = self._send.statistics()
+        if channel.open_receive_channels == 0:
+            return True  # The next send reports the closed channel.
+        if channel.max_buffer_size == 0:
+            return channel.tasks_waiting_receive > 0
+        return channel.current_buffer_used < max(1, channel.max_buffer_size / 2)
+
+    def _emit(self, events: Iterable[Event]) -> list[Event] | None:
+        """Send events without blocking; return those that did not fit, or None
+        when the receiver is gone."""
+        assert self._send is not None
+        dropped: list[Event] = []
         try:
             for event in events:
                 try:
                     self._send.send_nowait(event)
                 except trio.WouldBlock:
-                    dropped += 1
+                    dropped.append(event)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     logger.info("inotify stopping: the file_events channel is closed")
-                    return False
+                    return None
                 else:
                     self._counters.events += 1
         finally:
             if dropped:
-                message = "inotify dropped events because the event channel is full"
-                self._fail("queue_full", dropped, message)
-        return True
+                message = (
+                    "inotify dropped events because the event channel is full,"
+                    " so watched paths are rescanned when it has room"
+                )
+                self._fail("queue_full", len(dropped), message)
+        return dropped
 
     async def _flush_warnings(self) -> None:
         while True:
@@ -331,15 +424,22 @@ class InotifyPublisher:
 
     # Turning one read into events
 
-    def _process(self, raw_events: list[RawEvent]) -> tuple[_Batch, bool]:
+    def _process(
+        self, raw_events: list[RawEvent]
+    ) -> tuple[_Batch, list[RawEvent] | None]:
+        """Turn events into a batch up to the first IN_Q_OVERFLOW; return the batch
+        and the events after the overflow, or None when there was none."""
         self._reads += 1
+        self._prior = {}
         batch = _Batch()
-        overflowed = False
-        for raw in raw_events:
+        rest = None
+        for index, raw in enumerate(raw_events):
             if raw.mask & flags.Q_OVERFLOW:
-                overflowed = True
                 self._overflow()
-            elif raw.mask & flags.IGNORED:
+                rest = raw_events[index + 1 :]
+                raw_events = raw_events[: index + 1]
+                break
+            if raw.mask & flags.IGNORED:
                 self._forget(raw.wd, batch)
             elif raw.wd not in self._watches:
                 pass  # Queued before its watch was removed.
@@ -352,7 +452,7 @@ class InotifyPublisher:
         last = raw_events[-1] if raw_events else None
         self._settle_moves(last, batch)
         self._flush_written(batch)
-        return batch, overflowed
+        return batch, rest
 
     def _handle_entry(self, watch: _Watch, raw: RawEvent, batch: _Batch) -> None:
         path = os.path.join(watch.path, raw.name)
@@ -360,11 +460,11 @@ class InotifyPublisher:
         is_dir = bool(raw.mask & flags.ISDIR)
         mask = raw.mask
         if mask & flags.CREATE:
+            if categories:
+                self._created(path, categories, batch)
             if is_dir and children:
                 roots = [(path, rule, depth) for rule, depth in children]
                 self._add_tree(roots, batch)
-            if categories:
-                self._created(path, categories, batch)
         if mask & flags.MODIFY and categories:
             self._written[path] = categories
         if mask & flags.ATTRIB and categories:
@@ -394,10 +494,9 @@ class InotifyPublisher:
                 self._moves[raw.cookie] = move
         if mask & flags.MOVED_TO:
             if is_dir:
-                self._moved_in(raw.cookie, path, children, batch)
-            if categories:
-                self._record(path, categories)
-                self._add(batch, "MOVED_TO", path, categories, raw.cookie)
+                self._moved_in(raw.cookie, path, children, categories, batch)
+            else:
+                self._arrived(path, categories, raw.cookie, batch)
 
     def _classify(
         self, watch: _Watch, name: bytes, path: bytes
@@ -429,6 +528,13 @@ class InotifyPublisher:
             return
         self._add(batch, "CREATED", path, categories)
 
+    def _arrived(
+        self, path: bytes, categories: tuple[str, ...], cookie: int, batch: _Batch
+    ) -> None:
+        if categories:
+            self._record(path, categories)
+            self._add(batch, "MOVED_TO", path, categories, cookie)
+
     def _gone(
         self,
         path: bytes,
@@ -437,7 +543,8 @@ class InotifyPublisher:
         cookie: int,
         batch: _Batch,
     ) -> None:
-        known = self._snapshot.pop(path, None)
+        known = self._snapshot.get(path)
+        self._set_state(path, None)
         self._written.pop(path, None)
         self._flushed.pop(path, None)
         if categories:
@@ -474,9 +581,10 @@ class InotifyPublisher:
         """Watch new (directory, rule, depth) roots and everything below them, and
         report the entries found there as CREATED."""
         found = self._walk(roots, batch)
-        for entry, state in found.items():
+        # Sorted, so a directory's row comes before the rows of its entries.
+        for entry, state in sorted(found.items()):
             known = self._snapshot.get(entry)
-            self._snapshot[entry] = state
+            self._set_state(entry, state)
             if known is None or known.inode != state.inode:
                 self._add(batch, "CREATED", entry, state.categories)
 
@@ -485,16 +593,23 @@ class InotifyPublisher:
         cookie: int,
         path: bytes,
         children: list[tuple[int, int]],
+        categories: tuple[str, ...],
         batch: _Batch,
     ) -> None:
+        """Handle the MOVED_TO of a directory that `categories` report."""
         move = self._moves.pop(cookie, None)
         if move is not None:
-            if move.rules == frozenset(children) and not self._pinned_within(move.path):
-                self._rename_tree(move.path, path)
+            # A directory that has to be watched but was not, because it moved before
+            # its IN_CREATE was read, is watched and listed at its new path instead.
+            same_rules = move.rules == frozenset(children)
+            watched = not children or move.wd in self._watches
+            if same_rules and watched and not self._pinned_within(move.path):
+                self._rename_tree(move, path, categories, cookie, batch)
                 if move.wd in self._watches:
                     self._watches[move.wd].followed += 1
                 return
             self._drop_tree(move.path, batch, cookie, move.categories)
+        self._arrived(path, categories, cookie, batch)
         if children:
             roots = [(path, rule, depth) for rule, depth in children]
             self._add_tree(roots, batch)
@@ -587,7 +702,27 @@ class InotifyPublisher:
             for rule_index, depth in watch.rules
         )
 
-    def _rename_tree(self, old: bytes, new: bytes) -> None:
+    def _rename_tree(
+        self,
+        move: _Move,
+        new: bytes,
+        categories: tuple[str, ...],
+        cookie: int,
+        batch: _Batch,
+    ) -> None:
+        """Move the watches and entries of a directory moved within the same
+        (pattern, depth) pairs to its new path `new`, which `categories` report.
+
+        An entry whose old path had no MOVED_FROM row, on itself or on a directory
+        above it, gets one, and likewise MOVED_TO at the new path. So a file is not
+        renamed unseen when its directory matches a wildcard level but is not
+        reported itself. An entry that an exclude pattern hid at the old path is
+        listed and reported as CREATED at the new one.
+        """
+        old = move.path
+        left = self._take_tree(old, {(old, c) for c in move.categories}, cookie, batch)
+        self._arrived(new, categories, cookie, batch)
+
         def renamed(path: bytes) -> bytes:
             return new + path[len(old) :]
 
@@ -596,9 +731,64 @@ class InotifyPublisher:
                 self._wds.pop(watch.path, None)
                 watch.path = renamed(watch.path)
                 self._wds[watch.path] = wd
-        for mapping in (self._snapshot, self._written, self._flushed):
+        for mapping in (self._written, self._flushed, self._stale):
             for path in [path for path in mapping if _within(path, old)]:
                 mapping[renamed(path)] = mapping.pop(path)
+
+        if self._excludes:
+            found = self._list_tree(new)
+        else:
+            found = {renamed(path): state for path, state in left.items()}
+        covered = {(new, category) for category in categories}
+        for entry, state in sorted(found.items()):
+            self._set_state(entry, state)
+            known = left.get(old + entry[len(new) :])
+            for category in state.categories:
+                if known is None or category not in known.categories:
+                    self._add(batch, "CREATED", entry, (category,))
+                elif not _covered(covered, entry, new, category):
+                    self._add(batch, "MOVED_TO", entry, (category,), cookie)
+                    covered.add((entry, category))
+
+    def _take_tree(
+        self,
+        top: bytes,
+        covered: set[tuple[bytes, str]],
+        cookie: int,
+        batch: _Batch,
+    ) -> dict[bytes, _FileState]:
+        """Remove the snapshot's entries at and below `top`, and return them.
+
+        An entry gets a MOVED_FROM row in each category that no (path, category)
+        pair in `covered`, on the entry or a directory between it and `top`,
+        reports already.
+        """
+        taken = {path: s for path, s in self._snapshot.items() if _within(path, top)}
+        for path, state in sorted(taken.items()):
+            self._set_state(path, None)
+            for category in state.categories:
+                if not _covered(covered, path, top, category):
+                    self._add(batch, "MOVED_FROM", path, (category,), cookie, state)
+                    covered.add((path, category))
+        return taken
+
+    def _list_tree(self, top: bytes) -> dict[bytes, _FileState]:
+        """List the watched directories at and below `top`; return the state of
+        every entry they report."""
+        found: dict[bytes, _FileState] = {}
+        for watch in list(self._watches.values()):
+            if not _within(watch.path, top):
+                continue
+            for rule_index, depth in watch.rules:
+                rule = self._rules[rule_index]
+                reported, _ = scan_directory(
+                    rule.pattern, watch.path, depth, self._scan_failed
+                )
+                for name in reported:
+                    path = os.path.join(watch.path, name)
+                    if not self._excluded(rule.category, path):
+                        _found(found, path, rule.category)
+        return found
 
     def _drop_tree(
         self,
@@ -613,11 +803,14 @@ class InotifyPublisher:
         Each pattern whose start was in the tree, or was missing below it, reports
         MOVED_FROM for the directory it was pinned to, unless the parent's watch
         reported it in `reported`. Its nearest existing directory is then watched
-        again. `keep` is a (wd, new path) pair for a watch that stays, without
-        rules, because a walk is watching the directory at its new path.
+        again. An entry of the tree that no such row covers, on itself or on a
+        directory above it, gets a MOVED_FROM row of its own. `keep` is a (wd, new
+        path) pair for a watch that stays, without rules, because a walk is
+        watching the directory at its new path.
         """
         assert self._inotify is not None
         pinned = set()
+        covered = {(top, category) for category in reported}
         for wd, watch in list(self._watches.items()):
             if not _within(watch.path, top):
                 continue
@@ -626,6 +819,7 @@ class InotifyPublisher:
             if watch.path == top:
                 categories = [c for c in categories if c not in reported]
             self._add(batch, "MOVED_FROM", watch.path, tuple(categories), cookie)
+            covered.update((watch.path, category) for category in categories)
             pinned.update(rules)
             if self._wds.get(watch.path) == wd:
                 del self._wds[watch.path]
@@ -636,7 +830,8 @@ class InotifyPublisher:
                 self._inotify.rm_watch(wd)
             except OSError:
                 pass  # Already gone, so its IN_IGNORED finds no watch.
-        for mapping in (self._snapshot, self._written, self._flushed):
+        self._take_tree(top, covered, cookie, batch)
+        for mapping in (self._written, self._flushed):
             for path in [path for path in mapping if _within(path, top)]:
                 del mapping[path]
 
@@ -695,7 +890,7 @@ class InotifyPublisher:
         for rule_index in sorted(rules):
             self._rewatch(rule_index, batch)
 
-    # Walking patterns: initial watches and the rescan after an overflow
+    # Walking patterns: initial watches and the rescan after lost events
 
     def _walk_patterns(self) -> dict[bytes, _FileState]:
         roots = []
@@ -774,12 +969,19 @@ class InotifyPublisher:
         watch.rules.add((rule_index, depth))
         return True
 
-    def _reconcile(self) -> list[Event]:
-        """Walk every pattern again after lost events and report the differences."""
+    def _reconcile(self) -> tuple[list[Event], dict[bytes, _FileState]]:
+        """Walk every pattern again after lost events and report the differences
+        from the state last sent; return the events and that state."""
         assert self._inotify is not None
         old_watches = self._watches
         self._watches, self._wds = {}, {}
-        old = self._snapshot
+        old = dict(self._snapshot)
+        for path, state in self._stale.items():
+            if state is None:
+                old.pop(path, None)
+            else:
+                old[path] = state
+        self._stale = {}
         self._snapshot = self._walk_patterns()
         self._written.clear()
         self._flushed.clear()
@@ -791,30 +993,37 @@ class InotifyPublisher:
                 pass  # The directory is gone and so is its watch.
 
         batch = _Batch()
-        for path, state in self._snapshot.items():
+        # Sorted, so a directory's row comes before the rows of its entries.
+        for path, state in sorted(self._snapshot.items()):
             known = old.get(path)
             if known is None:
                 self._add(batch, "CREATED", path, state.categories)
             elif known.inode != state.inode:
                 self._add(batch, "DELETED", path, known.categories, known=known)
                 self._add(batch, "CREATED", path, state.categories)
-            elif known.content() != state.content():
-                self._add(batch, "UPDATED", path, state.categories)
-            elif known.mode != state.mode:
-                self._add(batch, "ATTRIBUTES_MODIFIED", path, state.categories)
-        for path, known in old.items():
+            else:
+                for action in _changes(known, state):
+                    self._add(batch, action, path, state.categories)
+        for path, known in sorted(old.items()):
             if path not in self._snapshot:
                 self._add(batch, "DELETED", path, known.categories, known=known)
-        logger.info("inotify rescan after overflow: %d changes", len(batch.events))
-        return batch.events
+        logger.info("inotify rescan: %d changes", len(batch.events))
+        return batch.events, old
 
     def _record(self, path: bytes, categories: tuple[str, ...]) -> _FileState | None:
         state = _lstat(path, categories)
+        self._set_state(path, state)
+        return state
+
+    def _set_state(self, path: bytes, state: _FileState | None) -> None:
+        """Store the state of a path in the snapshot, or remove it when None, and
+        keep the state before the batch in case the batch's events are dropped."""
+        if path not in self._prior:
+            self._prior[path] = self._snapshot.get(path)
         if state is None:
             self._snapshot.pop(path, None)
         else:
             self._snapshot[path] = state
-        return state
 
     # Failures
 
@@ -883,7 +1092,13 @@ def _event(
     if known is not None:
         # The file is gone, so the snapshot is the only record of what it was.
         fields.update(
-            inode=known.inode, size=known.size, mode=f"{known.mode & 0o7777:04o}"
+            inode=known.inode,
+            size=known.size,
+            mode=f"{known.mode & 0o7777:04o}",
+            uid=known.uid,
+            gid=known.gid,
+            mtime=known.mtime_ns // 1_000_000_000,
+            ctime=known.ctime_ns // 1_000_000_000,
         )
     return Event("inotify", action, now, fields)
 
@@ -893,7 +1108,40 @@ def _lstat(path: bytes, categories: tuple[str, ...]) -> _FileState | None:
         st = os.lstat(path)
     except OSError:
         return None
-    return _FileState(st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode, categories)
+    return _FileState(
+        st.st_ino,
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_mode,
+        st.st_uid,
+        st.st_gid,
+        categories,
+    )
+
+
+def _changes(known: _FileState, state: _FileState) -> list[str]:
+    """Return the actions that tell how an entry that kept its inode changed.
+
+    A regular file whose size, mtime or ctime changed is UPDATED, so it is hashed
+    again: a same-size rewrite with a restored mtime still changes ctime. A change of
+    mode, uid or gid is ATTRIBUTES_MODIFIED as well. Any other entry is UPDATED when
+    its size or mtime changed, and ATTRIBUTES_MODIFIED when only its ctime, mode,
+    uid or gid did.
+    """
+    ctime_changed = known.ctime_ns != state.ctime_ns
+    updated = (known.size, known.mtime_ns) != (state.size, state.mtime_ns)
+    if stat.S_ISREG(state.mode) and ctime_changed:
+        updated = True
+    attributes = (known.mode, known.uid, known.gid)
+    modified = attributes != (state.mode, state.uid, state.gid)
+
+    actions = []
+    if updated:
+        actions.append("UPDATED")
+    if modified or (ctime_changed and not updated):
+        actions.append("ATTRIBUTES_MODIFIED")
+    return actions
 
 
 def _found(found: dict[bytes, _FileState], path: bytes, category: str) -> None:
@@ -914,6 +1162,19 @@ def _identity(path: bytes) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+def _covered(
+    covered: set[tuple[bytes, str]], path: bytes, top: bytes, category: str
+) -> bool:
+    """Return whether `covered` has `category` on `path` or a directory between it
+    and `top`."""
+    while True:
+        if (path, category) in covered:
+            return True
+        if len(path) <= len(top):
+            return False
+        path = os.path.dirname(path)
 
 
 def _within(path: bytes, top: bytes) -> bool:

@@ -751,3 +751,273 @@ async def test_publisher_wildcard_level_moves(tmp_path):
         os.fsencode(tmp_path / "sites" / "c" / "htdocs" / "f"),
         os.fsencode(tmp_path / "sites" / "c" / "htdocs" / "g"),
     }
+
+
+def paths_under(events, top):
+    top = os.fsencode(top) + b"/"
+    paths = [event.fields["target_path"] for event in events.events]
+    return [path for path in paths if path.startswith(top)]
+
+
+@pytest.mark.parametrize("read_between", [False, True])
+async def test_publisher_directory_moved_out_of_exclude(tmp_path, read_between):
+    rec = tmp_path / "rec"
+    (rec / "skip").mkdir(parents=True)
+    publisher = InotifyPublisher({"rec": [f"{rec}/**"]}, {"rec": [f"{rec}/skip/%%"]})
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        (rec / "skip" / "sd2").mkdir()
+        (rec / "skip" / "sd2" / "y").write_bytes(b"1")
+        if read_between:
+            # The publisher watches sd2 and reads y's events before the move.
+            (rec / "first").write_bytes(b"1")
+            await events.wait("UPDATED", rec / "first")
+        os.rename(rec / "skip" / "sd2", rec / "sd2_out")
+        await events.wait("CREATED", rec / "sd2_out" / "y")
+        (rec / "sd2_out" / "later").write_bytes(b"1")
+        await events.wait("UPDATED", rec / "sd2_out" / "later")
+        nursery.cancel_scope.cancel()
+
+    assert events.actions(rec / "sd2_out") == ["MOVED_TO"]
+    assert events.actions(rec / "sd2_out" / "y") == ["CREATED"]
+    assert paths_under(events, rec / "skip") == []
+
+
+async def test_publisher_directory_moved_into_exclude(tmp_path):
+    rec = tmp_path / "rec"
+    (rec / "skip").mkdir(parents=True)
+    (rec / "sd").mkdir()
+    (rec / "sd" / "y").write_bytes(b"1")
+    publisher = InotifyPublisher({"rec": [f"{rec}/**"]}, {"rec": [f"{rec}/skip/%%"]})
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        os.rename(rec / "sd", rec / "skip" / "sd")
+        (rec / "skip" / "sd" / "hidden").write_bytes(b"1")
+        (rec / "marker").write_bytes(b"1")
+        await events.wait("UPDATED", rec / "marker")
+        nursery.cancel_scope.cancel()
+
+    # The MOVED_FROM row of the directory covers the file in it.
+    assert events.actions(rec / "sd") == ["MOVED_FROM"]
+    assert events.actions(rec / "sd" / "y") == []
+    assert paths_under(events, rec / "skip") == []
+
+
+async def test_publisher_wildcard_directory_leaves(tmp_path):
+    pat = tmp_path / "pat"
+    for name in ("alpha", "beta", "bravo"):
+        (pat / name).mkdir(parents=True)
+    (pat / "alpha" / "f").write_bytes(b"1")
+    (pat / "beta" / "bf").write_bytes(b"1")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    publisher = InotifyPublisher({"pat": [f"{pat}/[ab]*/%"]})
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        os.rename(pat / "alpha", outside / "alpha_gone")
+        os.rename(pat / "beta", pat / "zzz")
+        (outside / "alpha_gone" / "g").write_bytes(b"1")
+        (pat / "zzz" / "g").write_bytes(b"1")
+        (pat / "bravo" / "marker").write_bytes(b"1")
+        await events.wait("UPDATED", pat / "bravo" / "marker")
+        nursery.cancel_scope.cancel()
+
+    assert events.actions(pat / "alpha" / "f") == ["MOVED_FROM"]
+    assert events.actions(pat / "beta" / "bf") == ["MOVED_FROM"]
+    moved = [e for e in events.events if e.action == "MOVED_FROM"]
+    assert all(e.fields["transaction_id"] != 0 for e in moved)
+    assert moved[0].fields["inode"] == os.stat(outside / "alpha_gone" / "f").st_ino
+    assert paths_under(events, outside) == []
+    assert paths_under(events, pat / "zzz") == []
+    assert publisher.statistics().dropped == 0
+
+
+async def test_publisher_wildcard_directory_renamed(tmp_path):
+    pat = tmp_path / "pat"
+    (pat / "alpha").mkdir(parents=True)
+    (pat / "alpha" / "f").write_bytes(b"1")
+    publisher = InotifyPublisher({"pat": [f"{pat}/[ab]*/%"]})
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        os.rename(pat / "alpha", pat / "bravo")
+        (pat / "bravo" / "marker").write_bytes(b"1")
+        await events.wait("UPDATED", pat / "bravo" / "marker")
+        nursery.cancel_scope.cancel()
+
+    assert events.actions(pat / "alpha") == []
+    assert events.actions(pat / "bravo") == []
+    assert events.actions(pat / "alpha" / "f") == ["MOVED_FROM"]
+    assert events.actions(pat / "bravo" / "f") == ["MOVED_TO"]
+    cookies = {e.fields["transaction_id"] for e in events.events if "MOVED" in e.action}
+    assert len(cookies) == 1
+    assert cookies != {0}
+
+
+def assert_parents_first(events, root):
+    """Check that each event's path comes after the first event of its directory,
+    when that directory below `root` has events."""
+    root = os.fsencode(root)
+    first = {}
+    for index, event in enumerate(events.events):
+        first.setdefault(event.fields["target_path"], index)
+    for index, event in enumerate(events.events):
+        parent = os.path.dirname(event.fields["target_path"])
+        if parent != root and parent in first:
+            assert first[parent] < index, (event, events.events)
+
+
+async def test_publisher_new_tree_parents_first(tmp_path):
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    outside = tmp_path / "outside"
+    (outside / "x" / "y" / "z").mkdir(parents=True)
+    (outside / "x" / "y" / "z" / "f").write_bytes(b"1")
+    publisher = InotifyPublisher({"rec": [f"{rec}/**"]})
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        deep = rec / "a" / "b" / "c" / "d"
+        deep.mkdir(parents=True)
+        (deep / "f").write_bytes(b"1")
+        os.rename(outside / "x", rec / "x")
+        await events.wait("CREATED", rec / "x" / "y" / "z" / "f")
+        await events.wait("CREATED", deep / "f")
+        nursery.cancel_scope.cancel()
+
+    assert events.actions(rec / "a") == ["CREATED"]
+    assert events.actions(rec / "a" / "b") == ["CREATED"]
+    assert events.actions(rec / "x") == ["MOVED_TO"]
+    assert events.actions(rec / "x" / "y") == ["CREATED"]
+    assert_parents_first(events, rec)
+
+
+@pytest.mark.skipif(not os.access(MAX_QUEUED, os.W_OK), reason="needs root")
+async def test_publisher_overflow_mid_read(tmp_path, small_inotify_queue):
+    publisher = InotifyPublisher({"tmp": [f"{tmp_path}/%"]})
+    async with trio.open_nursery() as nursery:
+        events = await small_inotify_queue(nursery, publisher, 8)
+        fd = publisher._inotify.fileno()
+        # No checkpoint until the wait, so the publisher reads only after this.
+        for index in range(8):
+            os.mkdir(tmp_path / f"d{index}")
+        # The queue is full: IN_CREATE of `late` is lost and IN_Q_OVERFLOW queued.
+        late = os.open(tmp_path / "late", os.O_WRONLY | os.O_CREAT)
+        # Three events of 32 bytes ("dN" padded to 16) leave room for the write's
+        # IN_MODIFY and IN_CLOSE_WRITE, which come after IN_Q_OVERFLOW in one read.
+        assert len(os.read(fd, 3 * 32)) == 3 * 32
+        os.write(late, b"x")
+        os.close(late)
+        await events.wait("UPDATED", tmp_path / "late")
+        (tmp_path / "marker").write_bytes(b"1")
+        await events.wait("UPDATED", tmp_path / "marker")
+        nursery.cancel_scope.cancel()
+
+    assert events.actions(tmp_path / "late") == ["CREATED", "UPDATED"]
+    for index in range(8):
+        assert events.actions(tmp_path / f"d{index}") == ["CREATED"], index
+    assert publisher.statistics().drop_reasons == {"overflow": 1}
+
+
+@pytest.mark.skipif(not os.access(MAX_QUEUED, os.W_OK), reason="needs root")
+async def test_publisher_overflow_finds_metadata_changes(tmp_path, small_inotify_queue):
+    watched = tmp_path / "w"
+    watched.mkdir()
+    rewritten = watched / "rewritten"
+    rewritten.write_bytes(b"aaaa")
+    before = os.stat(rewritten)
+    chowned = watched / "chowned"
+    chowned.write_bytes(b"1")
+    tagged = watched / "tagged"
+    tagged.write_bytes(b"1")
+    chmodded = watched / "dir"
+    chmodded.mkdir()
+    untouched = watched / "untouched"
+    untouched.write_bytes(b"1")
+    try:
+        os.setxattr(untouched, "user.sns", b"1")
+    except OSError as error:
+        pytest.skip(f"no user extended attributes on {tmp_path}: {error.strerror}")
+    publisher = InotifyPublisher({"w": [f"{watched}/%"]})
+    async with trio.open_nursery() as nursery:
+        events = await small_inotify_queue(nursery, publisher, 8)
+        # No checkpoint: the directories fill the queue, so the kernel drops every
+        # event of the changes below.
+        for index in range(9):
+            os.mkdir(watched / f"fill{index}")
+        rewritten.write_bytes(b"bbbb")
+        os.utime(rewritten, ns=(before.st_atime_ns, before.st_mtime_ns))
+        os.chown(chowned, 4321, 4321)
+        os.setxattr(tagged, "user.sns", b"1")
+        os.chmod(chmodded, 0o700)
+        await events.wait("UPDATED", rewritten)
+        (watched / "marker").write_bytes(b"1")
+        await events.wait("UPDATED", watched / "marker")
+        nursery.cancel_scope.cancel()
+
+    assert os.stat(rewritten).st_mtime_ns == before.st_mtime_ns
+    assert events.actions(rewritten) == ["UPDATED"]
+    assert events.actions(chowned) == ["UPDATED", "ATTRIBUTES_MODIFIED"]
+    assert events.actions(tagged) == ["UPDATED"]
+    assert events.actions(chmodded) == ["ATTRIBUTES_MODIFIED"]
+    assert events.actions(untouched) == []
+    assert publisher.statistics().drop_reasons == {"overflow": 1}
+
+
+def rescans(caplog):
+    return [r for r in caplog.records if r.getMessage().startswith("inotify rescan:")]
+
+
+async def test_publisher_queue_full_rescan(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="publishers.inotify")
+    doomed = tmp_path / "doomed"
+    doomed.write_bytes(b"1")
+    rewritten = tmp_path / "rewritten"
+    rewritten.write_bytes(b"old")
+    publisher = InotifyPublisher({"tmp": [f"{tmp_path}/%"]})
+    send, receive = trio.open_memory_channel(2)
+    events = Collector(receive)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(publisher.run, send)
+        for index in range(5):
+            (tmp_path / f"f{index}").write_bytes(b"x")
+        os.unlink(doomed)
+        rewritten.write_bytes(b"new content")
+        with trio.move_on_after(TIMEOUT):
+            while publisher.statistics().drop_reasons.get("queue_full", 0) < 10:
+                await trio.sleep(0.01)
+        assert not rescans(caplog)
+        # The channel has room once the events are received, and the rescan
+        # reports what the dropped events described.
+        nursery.start_soon(events.run)
+        for index in range(5):
+            await events.wait("CREATED", tmp_path / f"f{index}")
+        await events.wait("DELETED", doomed)
+        await events.wait("UPDATED", rewritten)
+        (tmp_path / "marker").write_bytes(b"1")
+        await events.wait("UPDATED", tmp_path / "marker")
+        nursery.cancel_scope.cancel()
+
+    statistics = publisher.statistics()
+    assert statistics.drop_reasons["queue_full"] >= 10
+    assert set(statistics.drop_reasons) == {"queue_full"}
+    assert rescans(caplog)
+
+
+async def test_publisher_rescan_waits_for_room(tmp_path, caplog, autojump_clock):
+    caplog.set_level(logging.INFO, logger="publishers.inotify")
+    publisher = InotifyPublisher({"tmp": [f"{tmp_path}/%"]})
+    send, receive = trio.open_memory_channel(1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(publisher.run, send)
+        for index in range(3):
+            (tmp_path / f"f{index}").write_bytes(b"x")
+        # The fake clock moves 0.01 s per poll.
+        for _ in range(TIMEOUT * 100):
+            if publisher.statistics().drop_reasons.get("queue_full", 0) >= 5:
+                break
+            await trio.sleep(0.01)
+        # Nothing receives, so the channel stays full and no rescan runs.
+        await trio.sleep(60)
+        assert not rescans(caplog)
+        assert publisher.statistics().drop_reasons == {"queue_full": 5}
+        assert publisher.statistics().buffered == 1
+        nursery.cancel_scope.cancel()
