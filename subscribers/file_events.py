@@ -61,8 +61,10 @@ SCHEMA = TableSchema(
 
 TABLES = [Table(SCHEMA, event_generator("file_events"))]
 
-# Actions after which the file may contain new content, so it is hashed.
-_HASHED_ACTIONS = frozenset({"CREATED", "UPDATED"})
+# Actions after which the path may name new content, so it is hashed. osquery
+# hashes only CREATED and UPDATED, but a file moved into a watched directory
+# (MOVED_TO) replaces what the path held just as a write does.
+_HASHED_ACTIONS = frozenset({"CREATED", "UPDATED", "MOVED_TO"})
 
 # Maximum number of events stored in one transaction.
 _BATCH_MAX = 512

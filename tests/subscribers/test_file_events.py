@@ -107,6 +107,24 @@ def test_import_skips_trio():
     assert output.stdout.strip() == "False"
 
 
+async def test_moved_in_file_is_hashed(tmp_path, store):
+    watched = tmp_path / "watched"
+    outside = tmp_path / "outside"
+    watched.mkdir()
+    outside.mkdir()
+    content = b"moved in from elsewhere\n"
+    (outside / "payload").write_bytes(content)
+    async with trio.open_nursery() as nursery:
+        await start_pipeline(nursery, store, {"docs": [f"{watched}/%%"]})
+        os.rename(outside / "payload", watched / "a.txt")
+        await wait_rows(store, where_path(watched / "a.txt", "MOVED_TO"))
+        nursery.cancel_scope.cancel()
+
+    (moved,) = [row for row in rows(store) if row["action"] == "MOVED_TO"]
+    assert moved["hashed"] == 1
+    assert moved["sha256"] == digests(content)["sha256"]
+
+
 async def test_file_lifecycle_rows(tmp_path, store):
     watched = tmp_path / "watched"
     watched.mkdir()
