@@ -967,7 +967,7 @@ def rescans(caplog):
 
 
 async def test_publisher_queue_full_rescan(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="publishers.inotify")
+    caplog.set_level(logging.INFO, logger="publishers.inotify_snapshot")
     doomed = tmp_path / "doomed"
     doomed.write_bytes(b"1")
     rewritten = tmp_path / "rewritten"
@@ -1003,7 +1003,7 @@ async def test_publisher_queue_full_rescan(tmp_path, caplog):
 
 
 async def test_publisher_rescan_waits_for_room(tmp_path, caplog, autojump_clock):
-    caplog.set_level(logging.INFO, logger="publishers.inotify")
+    caplog.set_level(logging.INFO, logger="publishers.inotify_snapshot")
     publisher = InotifyPublisher({"tmp": [f"{tmp_path}/%"]})
     send, receive = trio.open_memory_channel(1)
     async with trio.open_nursery() as nursery:
