@@ -26,7 +26,7 @@ suppresses the duplicate when IN_CREATE arrives as well.
 
 The same snapshot reconciles state after lost events, in a rescan: all patterns are
 walked again, watches re-added, and differences reported as CREATED, UPDATED,
-ATTRIBUTES_MODIFIED or DELETED, as `_changes` decides. An IN_Q_OVERFLOW starts a
+ATTRIBUTES_MODIFIED or DELETED, as `inotify_snapshot._changes` decides. An IN_Q_OVERFLOW starts a
 rescan at once, before the events that follow it in the same read, so the rescan
 compares with the state as of the overflow. Events dropped because the channel to
 the subscriber was full start a rescan once the channel is at most half full, which
