@@ -15,7 +15,11 @@ Actions, as osquery's file_events names them (see inotify(7) for the masks):
   the end of a read batch gets one UPDATED for all IN_MODIFY events of the batch, and
   another at its IN_CLOSE_WRITE. A close without a write reports nothing.
 - IN_OPEN and IN_ACCESS are OPENED and ACCESSED, only for categories listed in
-  `file_accesses`, because they fire on every read.
+  `file_accesses`, because they fire on every read, and only for files: listing a
+  directory, which this publisher does itself at start and after every rescan, is not
+  reported as an access.
+  NOTE: inotify does not say which process read a file, so the subscriber's own
+  reads to hash a CREATED or UPDATED file show as OPENED and ACCESSED too.
 - Repeats of ATTRIBUTES_MODIFIED or UPDATED on one path within a batch are coalesced.
 
 A directory that appears under a pattern (created or moved in) is watched and then
@@ -355,7 +359,7 @@ class InotifyPublisher(WatchesMixin, SnapshotMixin):
             if written or flushed:
                 self._record(path, categories)
                 self._add(batch, "UPDATED", path, categories)
-        if mask & (flags.OPEN | flags.ACCESS):
+        if mask & (flags.OPEN | flags.ACCESS) and not is_dir:
             action = "OPENED" if mask & flags.OPEN else "ACCESSED"
             opened = tuple(c for c in categories if c in self._accesses)
             if opened:

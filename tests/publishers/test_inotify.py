@@ -217,6 +217,22 @@ async def test_publisher_file_accesses(tmp_path):
     assert events.actions(path) == ["OPENED", "ACCESSED"]
 
 
+async def test_directory_listing_is_not_access(tmp_path):
+    # The publisher lists directories itself at start and after rescans, so a
+    # directory read must not show as someone's access.
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "f").write_bytes(b"x")
+    publisher = InotifyPublisher({"tmp": [f"{tmp_path}/**"]}, file_accesses=["tmp"])
+    async with trio.open_nursery() as nursery:
+        events = await start(nursery, publisher)
+        os.listdir(tmp_path / "sub")
+        (tmp_path / "marker").write_bytes(b"")
+        await events.wait("CREATED", tmp_path / "marker")
+        nursery.cancel_scope.cancel()
+
+    assert events.actions(tmp_path / "sub") == []
+
+
 async def test_publisher_new_directory_contents(tmp_path):
     publisher = InotifyPublisher({"tmp": [f"{tmp_path}/**"]})
     async with trio.open_nursery() as nursery:
