@@ -177,7 +177,7 @@ class InotifyPublisher(WatchesMixin, SnapshotMixin):
         try:
             self._snapshot = await trio.to_thread.run_sync(self._walk_patterns)
             logger.info(
-                "inotify watching %d directories for %d patterns",
+                "inotify started: watched directories: %d, patterns: %d",
                 len(self._watches),
                 len(self._rules),
             )

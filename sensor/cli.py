@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Sequence
 
+from sensor import __version__
 from sensor.errors import ConfigError, SensorError
 
 __all__ = ["main"]
@@ -45,11 +46,17 @@ def _parser() -> argparse.ArgumentParser:
         prog="sensor",
         description="Ask a Linux host questions in SQL and stream its kernel events.",
     )
+    parser.add_argument("--version", action="version", version=f"sensor {__version__}")
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser
     )
 
-    run = commands.add_parser("run", help="start the daemon on a config file")
+    run = commands.add_parser(
+        "run",
+        help="start the daemon on a config file",
+        description="Start the daemon: watch files, run the scheduled queries and "
+        "log their results. SIGINT or SIGTERM stops it.",
+    )
     run.add_argument("--config", required=True, help="path of the TOML config file")
     run.add_argument("--verbose", action="store_true", help="log debug messages")
 

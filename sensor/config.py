@@ -229,7 +229,7 @@ def _parse_patterns(
             try:
                 parse_pattern(pattern)
             except ValueError as error:
-                raise ConfigError(f"{path}: {key}: invalid {error}") from None
+                raise ConfigError(f"{path}: {key}: {error}") from None
         categories[category] = tuple(patterns)
     return categories
 

@@ -202,7 +202,7 @@ class _Daemon:
                         services.start_soon(self.statistics.run)
                         await services.start(self.scheduler.run)
                         log.info(
-                            "sensor started: %d scheduled queries, database %s",
+                            "sensor started: scheduled queries: %d, database: %s",
                             len(self.config.schedule),
                             self.config.options.database_path,
                         )
@@ -223,6 +223,12 @@ class _Daemon:
             logger.close()
         self.engine.store.close()
         self.store.close()
+        # The pid file goes while the lock is still held, so no other daemon's
+        # new file can be removed by mistake.
+        try:
+            os.unlink(self.config.options.database_path + ".pid")
+        except OSError:
+            pass
         os.close(self.lock_fd)
 
 

@@ -50,8 +50,9 @@ def calendar_time(unix_time: int) -> str:
 def _columns(row: Row, numerics: bool) -> dict[str, Any]:
     # osquery writes every value as a string unless log_numerics_as_numbers is set,
     # and NULL as an empty string.
+    # Keys are sorted, as in osquery's lines, whatever the query's column order.
     columns = {}
-    for name, value in row.items():
+    for name, value in sorted(row.items()):
         value = json_value(value)
         if value is None:
             columns[name] = ""

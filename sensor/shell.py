@@ -193,12 +193,12 @@ class Shell:
         return handler(argument.strip())
 
     def _all(self, argument: str) -> bool:
-        if argument not in table_names():
-            self.error(
-                f"no such table: {argument or '(none given)'}; usage: .all TABLE"
-            )
-            return True
-        self.execute(f"SELECT * FROM {argument};")
+        if not argument:
+            self.error("missing table name; usage: .all TABLE")
+        elif argument not in table_names():
+            self.error(f"no such table: {argument}; usage: .all TABLE")
+        else:
+            self.execute(f"SELECT * FROM {argument};")
         return True
 
     def _help(self, argument: str) -> bool:

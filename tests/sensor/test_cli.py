@@ -107,3 +107,9 @@ def test_events_without_config_hint():
 def test_query_prints_every_statement():
     completed = sensor("query", "--csv", "SELECT 1 AS a; SELECT 2 AS b")
     assert completed.stdout.splitlines() == ["a", "1", "b", "2"]
+
+
+def test_version_flag():
+    completed = sensor("--version")
+    assert completed.returncode == 0
+    assert completed.stdout.startswith("sensor ")

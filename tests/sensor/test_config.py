@@ -67,9 +67,9 @@ def test_defaults_apply(tmp_path):
         ("[file_paths]\netc = '/etc/**'\n", "file_paths.etc must be an array"),
         (
             "[file_paths]\netc = ['etc/**']\n",
-            "file_paths.etc: invalid file path pattern 'etc/**' is not absolute",
+            "file_paths.etc: file path pattern 'etc/**' is not absolute",
         ),
-        ("[file_paths]\netc = ['/etc/%%/x']\n", "file_paths.etc: invalid file path"),
+        ("[file_paths]\netc = ['/etc/%%/x']\n", "file_paths.etc: file path pattern"),
         ("[schedule.p]\nquery = 'SELECT 1'\n", "schedule.p.interval is missing"),
         (
             "[schedule.p]\nquery = 'SELECT 1'\ninterval = 0\n",

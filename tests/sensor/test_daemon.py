@@ -160,6 +160,7 @@ def test_daemon_end_to_end(daemon_config):
     assert [
         line for line in read_lines(log_path) if line["name"] == "alive"
     ] == baseline
+    assert not (config.parent / "var/sensor.db.pid").exists()
     paths = [event["target_path"] for event in query_events(config)]
     assert str(target) in paths
 

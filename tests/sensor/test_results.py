@@ -80,3 +80,11 @@ def test_blob_and_infinity_stay_valid_json():
         (line,) = format_rows("f", diff, **{**HEADER, "numerics": numerics})
         columns = json.loads(line)["columns"]
         assert columns == {"b": "\\xff\\x00", "f": "inf"}
+
+
+def test_columns_are_sorted_like_osquery():
+    diff = Diff(added=[{"pid": 1, "name": "init", "cmdline": ""}], removed=[])
+    (line,) = format_rows("p", diff, **HEADER)
+    assert list(json.loads(line)["columns"]) == ["cmdline", "name", "pid"]
+    snapshot = json.loads(format_snapshot("s", [{"b": 1, "a": 2}], **HEADER))
+    assert list(snapshot["snapshot"][0]) == ["a", "b"]

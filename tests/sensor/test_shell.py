@@ -243,3 +243,8 @@ def test_history_parent_is_not_created(tmp_path):
         run_interactive(history, ".quit\r")
     assert "No such file or directory" in str(raised.value)
     assert not (tmp_path / "missing").exists()
+
+
+def test_all_without_table_name():
+    _, output = run_lines(".all")
+    assert output.strip() == "Error: missing table name; usage: .all TABLE"
