@@ -168,13 +168,8 @@ class Store:
                 (subscriber, now - max_age),
             )
             expired = self.connection.changes()
-            self.connection.execute(
-                "DELETE FROM events WHERE subscriber = ? AND eid <= ("
-                " SELECT eid FROM events WHERE subscriber = ?"
-                " ORDER BY eid DESC LIMIT 1 OFFSET ?)",
-                (subscriber, subscriber, max_count),
-            )
-            dropped = self.connection.changes()
+            excess = self.count_events(subscriber) - max_count
+            dropped = self.drop_oldest(subscriber, excess) if excess > 0 else 0
         return expired, dropped
 
     def drop_oldest(self, subscriber: str, count: int) -> int:
