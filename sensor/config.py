@@ -14,7 +14,14 @@ from typing import Any, Mapping
 
 from sensor.errors import ConfigError
 
-__all__ = ["Config", "Options", "ScheduledQuery", "load_config", "parse_config"]
+__all__ = [
+    "Config",
+    "Options",
+    "ScheduledQuery",
+    "create_directory",
+    "load_config",
+    "parse_config",
+]
 
 # Option name -> (type, default). Names and meanings follow osquery's flags.
 _OPTIONS: dict[str, tuple[type, Any]] = {
@@ -90,6 +97,23 @@ class Config:
     # Categories of file_paths whose reads (OPENED, ACCESSED) are reported too.
     file_accesses: tuple[str, ...] = ()
     schedule: Mapping[str, ScheduledQuery] = field(default_factory=dict)
+
+
+def create_directory(key: str, directory: str) -> None:
+    """Create the directory that option `key` names a file in; raise ConfigError."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = directory
+        while not os.path.lexists(blocker):
+            blocker = os.path.dirname(blocker)
+        raise ConfigError(
+            f"{key}: cannot create {directory}: {blocker} is not a directory"
+        ) from None
+    except OSError as error:
+        raise ConfigError(
+            f"{key}: cannot create {directory}: {error.strerror}"
+        ) from None
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

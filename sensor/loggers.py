@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Protocol, Sequence, TextIO
 
-from sensor.config import Options
+from sensor.config import Options, create_directory
 from sensor.errors import ConfigError
 
 __all__ = ["ResultLogger", "FilesystemLogger", "StdoutLogger", "open_loggers"]
@@ -19,17 +19,7 @@ class ResultLogger(Protocol):
 
 
 def _open_log(path: str) -> TextIO:
-    directory = os.path.dirname(path)
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ConfigError(
-            f"options.logger_path: {directory} is not a directory"
-        ) from None
-    except OSError as error:
-        raise ConfigError(
-            f"options.logger_path: cannot create {directory}: {error.strerror}"
-        ) from None
+    create_directory("options.logger_path", os.path.dirname(path))
     try:
         return open(path, "a", encoding="utf-8")
     except OSError as error:

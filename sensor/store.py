@@ -13,6 +13,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import apsw
 import msgpack
 
+from sensor.config import create_directory
 from sensor.errors import ConfigError
 from sensor.events import Statistics
 
@@ -63,15 +64,7 @@ def _check_database_path(path: str, create: bool) -> None:
                 "config first (sensor run --config ...)"
             )
         return
-    parent = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ConfigError(
-            f"{key}: cannot create {parent}: a part of it is a file, not a directory"
-        ) from None
-    except OSError as error:
-        raise ConfigError(f"{key}: cannot create {parent}: {error.strerror}") from None
+    create_directory(key, os.path.dirname(os.path.abspath(path)))
 
 
 class Store:
