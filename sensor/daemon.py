@@ -78,13 +78,19 @@ class _Statistics:
         self.store = store
         self.components: list[Any] = []
         self.failed: dict[str, Any] = {}
+        self.written: list[Any] | None = None
 
     def snapshots(self) -> list[Any]:
         snapshots = [component.statistics() for component in self.components]
         return snapshots + list(self.failed.values())
 
     def flush(self) -> None:
-        self.store.save_statistics(self.snapshots())
+        # An idle daemon's counters do not change, and skipping the write then
+        # keeps it from growing the database's write-ahead log every second.
+        snapshots = self.snapshots()
+        if snapshots != self.written:
+            self.store.save_statistics(snapshots)
+            self.written = snapshots
 
     async def run(self) -> None:
         while True:
