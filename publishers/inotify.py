@@ -15,9 +15,8 @@ Actions, as osquery's file_events names them (see inotify(7) for the masks):
   the end of a read batch gets one UPDATED for all IN_MODIFY events of the batch, and
   another at its IN_CLOSE_WRITE. A close without a write reports nothing.
 - IN_OPEN and IN_ACCESS are OPENED and ACCESSED, only for categories listed in
-  `file_accesses`, because they fire on every read, and only for files: listing a
-  directory, which this publisher does itself at start and after every rescan, is not
-  reported as an access.
+  `file_accesses`, because they fire on every read. They are reported for files only,
+  because this publisher lists directories itself at start and after every rescan.
   NOTE: inotify does not say which process read a file, so the subscriber's own
   reads to hash a CREATED or UPDATED file show as OPENED and ACCESSED too.
 - Repeats of ATTRIBUTES_MODIFIED or UPDATED on one path within a batch are coalesced.
@@ -30,9 +29,9 @@ suppresses the duplicate when IN_CREATE arrives as well.
 
 The same snapshot reconciles state after lost events, in a rescan: all patterns are
 walked again, watches re-added, and differences reported as CREATED, UPDATED,
-ATTRIBUTES_MODIFIED or DELETED, as `inotify_snapshot._changes` decides. An IN_Q_OVERFLOW starts a
-rescan at once, before the events that follow it in the same read, so the rescan
-compares with the state as of the overflow. Events dropped because the channel to
+ATTRIBUTES_MODIFIED or DELETED, as `inotify_snapshot._changes` decides. An
+IN_Q_OVERFLOW starts a rescan at once, before the events that follow it in the same
+read, so the rescan compares with the state as of the overflow. Events dropped because the channel to
 the subscriber was full start a rescan once the channel is at most half full, which
 the reader checks every `_RESCAN_POLL` seconds meanwhile. The paths that a batch
 with dropped events changed are compared with their state from before that batch,

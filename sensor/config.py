@@ -1,8 +1,8 @@
 """The configuration file: osquery's config model written as TOML.
 
-`[options]` contains flags, `[file_paths]` and `[exclude_paths]` map a category to a list
-of patterns, and each `[schedule.<name>]` table is one scheduled query. Relative paths
-in options are taken from the directory of the configuration file.
+`[options]` contains flags, `[file_paths]` and `[exclude_paths]` map a category to a
+list of patterns, and each `[schedule.<name>]` table is one scheduled query. Relative
+paths in options are taken from the directory of the configuration file.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _OPTIONS: dict[str, tuple[type, Any]] = {
     "schedule_epoch": (int, 0),
     "log_numerics_as_numbers": (bool, False),
     "disable_events": (bool, False),
-    # The most bytes read from one file, as in osquery: larger files are not hashed.
+    # The maximum bytes read from one file, as in osquery: larger files are not hashed.
     "read_max": (int, 50 * 1024 * 1024),
 }
 _PATH_OPTIONS = ("database_path", "logger_path")

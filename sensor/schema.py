@@ -67,7 +67,7 @@ class TableSchema:
     """A table's name, description and columns, in declaration order.
 
     `from_store` marks a table whose rows come from the daemon's database, as every
-    event table's do, so that a query without one can say why it is empty.
+    event table's do, so that a query without a database can explain why it is empty.
     `typed_rows` promises that the generator returns every value in its column's
     type, with text as valid UTF-8 `str`, so the engine skips converting each value
     (osquery's `strongly_typed_rows` attribute). The registry test checks it.

@@ -98,7 +98,7 @@ _TYPE_NAMES = {
 _DIGESTS = ("md5", "sha1", "sha256")
 _CHUNK_SIZE = 1 << 20
 
-# The most bytes hashed from one file, osquery's default read_max (50 MiB). Larger
+# The maximum bytes hashed from one file, osquery's default read_max (50 MiB). Larger
 # files keep their row with NULL digests, so one query cannot read for minutes.
 READ_MAX = 50 * 1024 * 1024
 

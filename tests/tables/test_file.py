@@ -305,7 +305,7 @@ def test_hash_unreadable_file_null_digests(engine):
 
 def test_hash_skips_procfs_files(engine):
     # procfs files are never read: some block and some, like /proc/kmsg, consume
-    # what they return. /proc/self/status stands in for them harmlessly.
+    # what they return. /proc/self/status is a harmless example of one.
     rows = select_hash(engine, "path = '/proc/self/status'")
     assert rows == {"/proc/self/status": ("/proc/self", None, None, None)}
 
@@ -348,8 +348,8 @@ def test_escaped_twins_both_returned(engine, tmp_path):
 
 
 def test_systemd_escaped_name_is_literal(engine, tmp_path):
-    # systemd writes '-' as \x2d in unit names; such a name is shown and found as
-    # ls prints it, and the file whose name has a real '-' is not returned for it.
+    # systemd writes '-' as \x2d in unit names. Such a name is shown and found as
+    # ls prints it, so the file whose name has a real '-' is not returned for it.
     escaped = tmp_path / "dev-disk-by\\x2duuid.swap"
     plain = tmp_path / "dev-disk-by-uuid.swap"
     escaped.write_text("escaped")
