@@ -31,9 +31,9 @@ The same snapshot reconciles state after lost events, in a rescan: all patterns 
 walked again, watches re-added, and differences reported as CREATED, UPDATED,
 ATTRIBUTES_MODIFIED or DELETED, as `inotify_snapshot._changes` decides. An
 IN_Q_OVERFLOW starts a rescan at once, before the events that follow it in the same
-read, so the rescan compares with the state as of the overflow. Events dropped because the channel to
-the subscriber was full start a rescan once the channel is at most half full, which
-the reader checks every `_RESCAN_POLL` seconds meanwhile. The paths that a batch
+read, so the rescan compares with the state as of the overflow. Events dropped because
+the channel to the subscriber was full start a rescan once the channel is at most half
+full, which the reader checks every `_RESCAN_POLL` seconds meanwhile. The paths that a batch
 with dropped events changed are compared with their state from before that batch,
 so the rescan reports those changes again, even the ones whose events were sent.
 

@@ -1,4 +1,4 @@
-"""The daemon: event sources, the scheduler and the statistics flusher in one nursery."""
+"""The daemon: event sources, the scheduler and the statistics task in one nursery."""
 
 from __future__ import annotations
 

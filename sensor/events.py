@@ -47,7 +47,7 @@ class Statistics:
 
 @dataclass
 class Counters:
-    """The mutable counters behind `Statistics`, owned by one publisher or subscriber."""
+    """The mutable counters behind `Statistics`, of one publisher or subscriber."""
 
     name: str
     kind: str
