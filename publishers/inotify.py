@@ -33,9 +33,9 @@ ATTRIBUTES_MODIFIED or DELETED, as `inotify_snapshot._changes` decides. An
 IN_Q_OVERFLOW starts a rescan at once, before the events that follow it in the same
 read, so the rescan compares with the state as of the overflow. Events dropped because
 the channel to the subscriber was full start a rescan once the channel is at most half
-full, which the reader checks every `_RESCAN_POLL` seconds meanwhile. The paths that a batch
-with dropped events changed are compared with their state from before that batch,
-so the rescan reports those changes again, even the ones whose events were sent.
+full, which the reader checks every `_RESCAN_POLL` seconds meanwhile. The paths that a
+batch with dropped events changed are compared with their state from before that
+batch, so the rescan reports those changes again, even the ones whose events were sent.
 
 Lost events are counted per reason in `statistics()`: `queue_full` (the channel to the
 subscriber was full), `overflow` (the kernel queue overflowed), `watch_limit` and
